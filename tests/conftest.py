@@ -1,0 +1,55 @@
+"""Shared fixtures: small synthetic scans of every kind."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nii.scan import Scan, ScanKind
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def make_scan(kind: ScanKind, *, dtype: str = "uint16", seed: int = 0) -> Scan:
+    """A small random scan of ``kind`` with every descriptive field set."""
+    rng = np.random.default_rng(seed)
+    shapes = {
+        ScanKind.SINGLE_ENERGY: (12, 17),
+        ScanKind.DUAL_ENERGY: (2, 12, 17),
+        ScanKind.PSEUDO_COLOUR: (12, 17, 3),
+        ScanKind.CT_VOLUME: (5, 12, 17),
+    }
+    if kind is ScanKind.PSEUDO_COLOUR:
+        dtype = "uint8"
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "ui" else None
+    counts = (
+        rng.integers(info.min, info.max, shapes[kind], endpoint=True, dtype=dtype)
+        if info
+        else rng.random(shapes[kind]).astype(dtype)
+    )
+    return Scan(
+        counts,
+        kind=kind,
+        spacing_mm=(0.8, 1.25) if kind.spatial_ndim == 2 else (2.5, 0.8, 1.25),
+        energies_kv=(80.0, 160.0) if kind is ScanKind.DUAL_ENERGY else (),
+        scanner_id="test-scanner-7",
+        acquired_at=datetime(2026, 3, 4, 5, 6, 7),
+        metadata={"bag_tag": "BT123", "manifest": {"goods": "books", "gross_kg": 12.5}},
+    )
+
+
+@pytest.fixture(params=list(ScanKind), ids=lambda k: k.value)
+def any_scan(request: pytest.FixtureRequest) -> Scan:
+    return make_scan(request.param)
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ../shared/data, or skip the test when it is absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data folder {path} is absent (it is never part of the project)")
+    return path
