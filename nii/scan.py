@@ -250,7 +250,13 @@ class Scan:
         return self.counts.shape
 
     def replace(self, **changes: Any) -> "Scan":
-        """Return a copy with some fields changed (validated again)."""
+        """Return a copy with some fields changed (validated again).
+
+        New pixels under a content-hash id get a new content hash; a DICOM
+        UID is kept unless ``scan_id`` is given.
+        """
+        if "counts" in changes and "scan_id" not in changes and self.scan_id.startswith("sha256:"):
+            changes["scan_id"] = ""
         return dataclasses.replace(self, **changes)
 
     # -- descriptive fields as JSON, for sidecars and containers ----------
@@ -288,7 +294,10 @@ class Scan:
         fields = {f.name for f in dataclasses.fields(cls)} - {"counts"}
         values = {k: v for k, v in header.items() if k in fields and v is not None}
         if "acquired_at" in values:
-            values["acquired_at"] = datetime.fromisoformat(str(values["acquired_at"]))
+            try:
+                values["acquired_at"] = datetime.fromisoformat(str(values["acquired_at"]))
+            except ValueError:
+                raise ValueError(f"acquired_at must be ISO 8601, got {values['acquired_at']!r}") from None
         for key in ("spacing_mm", "energies_kv", "rescale"):
             if key in values:
                 values[key] = tuple(values[key])

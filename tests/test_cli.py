@@ -1,0 +1,100 @@
+"""``nii info`` as a user runs it: real processes, real files, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from nii import write_scan
+from nii.cli import main
+from nii.scan import ScanKind
+from tests.conftest import REPO, make_scan
+
+
+def run_nii(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONWARNINGS": ""}
+    return subprocess.run([sys.executable, "-m", "nii.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=120)
+
+
+@pytest.fixture()
+def archive(tmp_path: Path) -> Path:
+    """A folder like an archive: scans of each kind, a CT series, a sidecar, junk."""
+    write_scan(make_scan(ScanKind.DUAL_ENERGY), tmp_path / "a-dual.dcm")
+    write_scan(make_scan(ScanKind.PSEUDO_COLOUR), tmp_path / "b-console.png")
+    (tmp_path / "nested").mkdir()
+    write_scan(make_scan(ScanKind.SINGLE_ENERGY), tmp_path / "nested" / "c-single.raw")
+    write_scan(make_scan(ScanKind.CT_VOLUME, dtype="int16"), tmp_path / "nested" / "series", format="dicom_series")
+    (tmp_path / "README.md").write_text("not a scan")
+    (tmp_path / ".hidden.png").write_bytes(b"\x89PNG junk")
+    return tmp_path
+
+
+def test_info_walks_folders_one_line_per_scan(archive: Path) -> None:
+    result = run_nii("info", str(archive))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 4, lines  # the raw pair and the 5 CT slices each count once
+    assert any("dual_energy 2x12x17 uint16" in line and "80/160 kV" in line for line in lines)
+    assert any("ct_volume 5x12x17 int16" in line and "dicom_series" in line for line in lines)
+    assert any(line.startswith(str(archive / "nested" / "c-single.json")) for line in lines)
+    assert result.stderr == ""
+
+
+def test_info_json_has_the_documented_keys(archive: Path) -> None:
+    result = run_nii("info", "--json", str(archive))
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(rows) == 4
+    for row in rows:
+        assert {"path", "format", "modality", "shape", "scan_id"} <= row.keys()
+    by_format = {row["format"]: row for row in rows}
+    assert by_format["dicos"]["modality"] == "DX" and by_format["dicos"]["shape"] == [2, 12, 17]
+    assert by_format["png"]["scan_id"].startswith("sha256:")
+
+
+def test_refusals_are_one_line_and_exit_one(archive: Path) -> None:
+    bad = archive / "z-truncated.dcm"
+    bad.write_bytes((archive / "a-dual.dcm").read_bytes()[:300])
+    (archive / "y-header.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': 'x'}")
+    result = run_nii("info", str(archive), str(archive / "does-not-exist.tiff"))
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    refusals = [line for line in result.stdout.splitlines() if "REFUSED" in line]
+    assert len(refusals) == 3, result.stdout
+    assert len(result.stdout.strip().splitlines()) == 7  # the four good scans still listed
+    as_json = run_nii("info", "--json", str(bad))
+    row = json.loads(as_json.stdout)
+    assert row["path"] == str(bad) and row["error"] and as_json.returncode == 1
+
+
+def test_bad_arguments_get_usage_not_traceback() -> None:
+    result = run_nii("info", "--max-pixels", "-5", "x")
+    assert result.returncode == 2 and "must be at least 1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert run_nii().returncode == 2
+
+
+def test_max_pixels_flag_refuses_large_scans(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_scan(make_scan(ScanKind.SINGLE_ENERGY), tmp_path / "s.tiff")
+    assert main(["info", "--max-pixels", "100", str(tmp_path)]) == 1
+    assert "pixel budget" in capsys.readouterr().out
+    assert main(["info", str(tmp_path / "s.tiff")]) == 0
+
+
+def test_sample_scans_are_all_readable(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["info", "--json", str(REPO / "sample_scans")]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    kinds = {row["kind"] for row in rows}
+    formats = {row["format"] for row in rows}
+    assert kinds == {k.value for k in ScanKind}
+    assert {"dicos", "dicom_series", "raw", "tiff", "png", "jpeg", "npz"} <= formats
+    by_name = {Path(row["path"]).name: row for row in rows}
+    # The same pixels in a raw dump and a PNG are the same scan: one content hash.
+    assert by_name["bag-dual-energy.json"]["scan_id"] == by_name["bag-dual-energy.png"]["scan_id"]
+    assert by_name["bag-single-energy.tiff"]["scan_id"] != by_name["bag-dual-energy.png"]["scan_id"]
+    assert by_name["bag-dual-energy.dcm"]["energies_kv"] == [80.0, 160.0]
