@@ -6,6 +6,8 @@ import glob
 import os
 import pathlib
 import random
+import shutil
+import subprocess
 from datetime import datetime
 
 import numpy as np
@@ -17,10 +19,9 @@ from hypothesis import strategies as st
 from pydicom import uid as dcmuid
 
 from nii.ingest.dicom import (
-    is_ct_slice,
+    ct_slice_series,
     read_dicom,
     read_dicom_series,
-    series_uid,
     write_dicom,
     write_dicom_series,
 )
@@ -204,8 +205,7 @@ def test_ct_series_round_trip(tmp_path):
         ds = assert_part10(path, dcmuid.CTImageStorage)
         assert ds.InstanceNumber == index + 1
         assert float(ds.ImagePositionPatient[2]) == pytest.approx(index * 1.25)
-        assert is_ct_slice(path)
-        assert series_uid(path) == UID_ID
+        assert ct_slice_series(path) == UID_ID
 
     shuffled = list(paths)
     random.Random(1).shuffle(shuffled)
@@ -301,7 +301,7 @@ def test_ct_small_is_a_one_slice_volume_of_stored_values():
     assert scan.scanner_id == "CT01_OC0"  # Station Name: no Device Serial Number
     assert scan.acquired_at == datetime(1997, 4, 30, 11, 29, 36)
     assert (scan.modality, scan.source_format) == ("CT", ScanFormat.DICOM)
-    assert is_ct_slice(path) and series_uid(path) == ds.SeriesInstanceUID
+    assert ct_slice_series(path) == ds.SeriesInstanceUID
 
 
 def test_compressed_ct_jpeg2000_decodes():
@@ -472,9 +472,8 @@ def test_not_dicom_at_all(tmp_path):
     with pytest.raises(ScanReadError) as err:
         read_dicom(path)
     assert_one_line(err, str(path))
-    assert not is_ct_slice(path)
-    assert series_uid(path) is None
-    assert not is_ct_slice(tmp_path / "missing.dcm")
+    assert ct_slice_series(path) is None
+    assert ct_slice_series(tmp_path / "missing.dcm") is None
     with pytest.raises(CorruptScanError):
         read_dicom(tmp_path / "missing.dcm")
 
@@ -568,6 +567,53 @@ def test_series_refuses_non_slices(tmp_path):
     write_dicom(_volume(), multi)
     with pytest.raises(UnsupportedScanError, match="not a single CT slice"):
         read_dicom_series([multi])
-    assert not is_ct_slice(multi)  # a multi-frame volume is not grouped as a slice
+    assert ct_slice_series(multi) is None  # a multi-frame volume is not grouped as a slice
     with pytest.raises(CorruptScanError):
         read_dicom_series([])
+
+
+@pytest.mark.parametrize(
+    ("sop_class", "modality", "fmt"),
+    [
+        (dcmuid.ComputedRadiographyImageStorage, "CR", ScanFormat.DICOM),
+        (dcmuid.DigitalXRayImageStorageForPresentation, "DX", ScanFormat.DICOM),
+        (dcmuid.DigitalXRayImageStorageForProcessing, "DX", ScanFormat.DICOM),
+        (dcmuid.DICOSDigitalXRayImageStorageForPresentation, "DX", ScanFormat.DICOS),
+    ],
+)
+def test_plain_dx_and_cr_are_read(tmp_path, sop_class, modality, fmt):
+    scan = Scan(np.arange(12 * 9, dtype=np.uint16).reshape(12, 9), kind=ScanKind.SINGLE_ENERGY, spacing_mm=(0.5, 0.5))
+    path = tmp_path / "plain.dcm"
+    write_dicom(scan, path)
+    ds = pydicom.dcmread(path)
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = sop_class
+    ds.Modality = modality
+    ds.save_as(path, enforce_file_format=True)
+    again = read_dicom(path)
+    assert again.kind is ScanKind.SINGLE_ENERGY and again.modality == modality and again.source_format is fmt
+    np.testing.assert_array_equal(again.counts, scan.counts)
+    assert again.spacing_mm == (0.5, 0.5)
+
+
+def test_dicos_dx_for_presentation_is_written_on_request(tmp_path):
+    scan = Scan(np.full((6, 7), 300, np.uint16), kind=ScanKind.SINGLE_ENERGY)
+    write_dicom(scan, tmp_path / "shown.dcm", intent="presentation")
+    ds = pydicom.dcmread(tmp_path / "shown.dcm")
+    assert ds.SOPClassUID == dcmuid.DICOSDigitalXRayImageStorageForPresentation
+    assert ds.PresentationIntentType == "FOR PRESENTATION"
+    np.testing.assert_array_equal(read_dicom(tmp_path / "shown.dcm").counts, scan.counts)
+    with pytest.raises(ValueError, match="intent"):
+        write_dicom(scan, tmp_path / "x.dcm", intent="display")
+
+
+@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
+def test_ct_slices_pass_an_independent_validator(tmp_path):
+    # dicom3tools knows the CT Image IOD (not yet the DICOS ones): no errors allowed.
+    volume = Scan(np.full((3, 8, 8), 1024, np.uint16), kind=ScanKind.CT_VOLUME, spacing_mm=(2, 1, 1),
+                  rescale=(1, -1024))
+    first = write_dicom_series(volume, tmp_path)[0]
+    report = subprocess.run(["dciodvfy", str(first)], capture_output=True, text=True, timeout=60)
+    output = report.stdout + report.stderr
+    assert "CTImage" in output
+    errors = [line for line in output.splitlines() if line.startswith("Error")]
+    assert errors == []

@@ -25,6 +25,8 @@ READERS = {
     "raw": raw.read_raw,
     "any": read_scan,
 }
+# Hostile headers make pydicom warn about every odd value; that is the point here.
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 SMALL = ReadLimits(max_pixels=1_000_000)
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 

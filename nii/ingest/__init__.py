@@ -155,7 +155,7 @@ def _scans_in_folder(folder: Path, names: list[str]) -> Iterator[ScanSource]:
     for f in files:
         if f in claimed or not f.is_file():
             continue
-        uid = dicom.series_uid(f) if dicom.is_ct_slice(f) else None
+        uid = dicom.ct_slice_series(f)
         (series[uid] if uid else singles).append(f)
     for uid, members in series.items():
         if len(members) == 1:

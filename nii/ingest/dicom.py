@@ -55,7 +55,7 @@ from nii.ingest.errors import CorruptScanError, ScanReadError, UnsupportedScanEr
 from nii.ingest.limits import ReadLimits, check_pixel_budget
 from nii.scan import Scan, ScanFormat, ScanKind
 
-__all__ = ["read_dicom", "read_dicom_series", "write_dicom", "write_dicom_series", "is_ct_slice", "series_uid"]
+__all__ = ["read_dicom", "read_dicom_series", "write_dicom", "write_dicom_series", "ct_slice_series"]
 
 # -- SOP classes -------------------------------------------------------------
 
@@ -116,6 +116,12 @@ _FUNCTIONAL_MACRO = {
 }
 
 _MAX_SIDE = 65_535  # Rows and Columns are US
+
+# DICOS DX comes in two SOP classes, by what the pixels are meant for.
+_DX_INTENT = {
+    "processing": dcmuid.DICOSDigitalXRayImageStorageForProcessing,
+    "presentation": dcmuid.DICOSDigitalXRayImageStorageForPresentation,
+}
 
 
 class _Layout(NamedTuple):
@@ -229,7 +235,10 @@ def read_dicom_series(paths: Sequence[str | os.PathLike], *, limits: ReadLimits 
     files = [str(p) for p in paths]
     if not files:
         raise CorruptScanError("DICOM series: no slice files given")
-    folder = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    # Relative paths stay relative, so source_path reads as the user gave it.
+    absolute = {os.path.isabs(f) for f in files}
+    dirs = [os.path.dirname(os.path.abspath(f) if len(absolute) > 1 else f) for f in files]
+    folder = os.path.commonpath(dirs) or "."
     headers = [_read_slice_header(f) for f in files]
     with refuse_on_error("DICOM series", folder):
         _check_same_series(headers, files)
@@ -261,30 +270,11 @@ def read_dicom_series(paths: Sequence[str | os.PathLike], *, limits: ReadLimits 
         )
 
 
-def is_ct_slice(path: str | os.PathLike) -> bool:
-    """Tell whether a file is one CT slice, reading its header only.
+def ct_slice_series(path: str | os.PathLike) -> str | None:
+    """The Series Instance UID of a file that is one CT slice, else None.
 
-    Parameters
-    ----------
-    path : str or os.PathLike
-        Any file.
-
-    Returns
-    -------
-    bool
-        True for a single-frame CT Image Storage or DICOS CT object, which
-        the folder walker groups into a series; False for anything else,
-        including unreadable files.
-    """
-    try:
-        ds = _read_dataset(path, header_only=True, tags=("SOPClassUID", "Modality", "NumberOfFrames"))
-        return ds.get("SOPClassUID") in _SLICE_CLASSES and _frame_count(ds) == 1
-    except Exception:  # noqa: BLE001 - a probe: anything unreadable is simply not a slice
-        return False
-
-
-def series_uid(path: str | os.PathLike) -> str | None:
-    """Return a file's Series Instance UID, reading its header only.
+    Reads the header only. The folder walker groups files with the same
+    answer into one volume.
 
     Parameters
     ----------
@@ -294,12 +284,16 @@ def series_uid(path: str | os.PathLike) -> str | None:
     Returns
     -------
     str or None
-        The UID, or None if the file is unreadable or has none.
+        The series UID for a single-frame CT Image Storage or DICOS CT
+        object; None for anything else, including unreadable files.
     """
     try:
-        ds = _read_dataset(path, header_only=True, tags=("SOPClassUID", "Modality", "SeriesInstanceUID"))
-        return str(ds.SeriesInstanceUID) or None
-    except Exception:  # noqa: BLE001 - a probe: unreadable means no series
+        ds = _read_dataset(path, header_only=True, tags=("SOPClassUID", "Modality", "NumberOfFrames",
+                                                         "SeriesInstanceUID"))
+        if ds.get("SOPClassUID") not in _SLICE_CLASSES or _frame_count(ds) != 1:
+            return None
+        return str(ds.get("SeriesInstanceUID", "") or "") or None
+    except Exception:  # noqa: BLE001 - a probe: anything unreadable is simply not a slice
         return None
 
 
@@ -662,7 +656,7 @@ def _positive_floats(value: Any, n: int) -> tuple[float, ...] | None:
 # -- writing -----------------------------------------------------------------
 
 
-def write_dicom(scan: Scan, path: str | os.PathLike) -> None:
+def write_dicom(scan: Scan, path: str | os.PathLike, *, intent: str = "processing") -> None:
     """Write a scan as one DICOS or DICOM Part 10 file.
 
     =====================  ==========================================  ========
@@ -681,22 +675,28 @@ def write_dicom(scan: Scan, path: str | os.PathLike) -> None:
         valid UID; otherwise a UID derived from it (the same every time).
     path : str or os.PathLike
         Output file; overwritten if it exists.
+    intent : {"processing", "presentation"}
+        Which DICOS DX SOP class a projection scan gets: raw counts are *for
+        processing*; an image already processed for display (what some
+        consoles archive) is *for presentation*.
 
     Raises
     ------
     ValueError
-        If the counts cannot be stored losslessly: DX needs 8- or 16-bit
+        If ``intent`` is unknown, or the counts cannot be stored losslessly: DX needs 8- or 16-bit
         unsigned counts, CT 16-bit integers, values must fit ``bits_stored``
         and sides 65535 pixels.
     OSError
         If the file cannot be written.
     """
+    if intent not in _DX_INTENT:
+        raise ValueError(f"intent must be one of {', '.join(_DX_INTENT)}; got {intent!r}")
     if scan.kind is ScanKind.CT_VOLUME:
         ds = _ct_volume_dataset(scan)
     elif scan.kind is ScanKind.PSEUDO_COLOUR:
         ds = _colour_dataset(scan)
     else:
-        ds = _projection_dataset(scan)
+        ds = _projection_dataset(scan, intent)
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -743,6 +743,9 @@ def write_dicom_series(scan: Scan, folder: str | os.PathLike) -> list[pathlib.Pa
         ds.SeriesInstanceUID = series
         ds.ImageType = ["ORIGINAL", "PRIMARY", "AXIAL"]
         ds.InstanceNumber = index + 1
+        # Type 2 and 2C attributes of CT Image and General Series that have no
+        # meaning for a bag: present and empty, as validators (dciodvfy) expect.
+        ds.AcquisitionNumber = ds.Laterality = ds.PatientPosition = ""
         ds.FrameOfReferenceUID = frame_of_reference
         ds.PositionReferenceIndicator = ""
         ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
@@ -756,11 +759,11 @@ def write_dicom_series(scan: Scan, folder: str | os.PathLike) -> list[pathlib.Pa
     return written
 
 
-def _projection_dataset(scan: Scan) -> Dataset:
+def _projection_dataset(scan: Scan, intent: str) -> Dataset:
     counts = _storable(scan.counts, ("u1", "u2"), "DICOS DX stores 8- or 16-bit unsigned counts")
-    ds = _new_dataset(scan, dcmuid.DICOSDigitalXRayImageStorageForProcessing, _uid_for(scan.scan_id), modality="DX")
+    ds = _new_dataset(scan, _DX_INTENT[intent], _uid_for(scan.scan_id), modality="DX")
     ds.ImageType = ["ORIGINAL", "PRIMARY"]
-    ds.PresentationIntentType = "FOR PROCESSING"
+    ds.PresentationIntentType = f"FOR {intent.upper()}"
     ds.PixelIntensityRelationship = "LIN"
     ds.PixelIntensityRelationshipSign = 1
     ds.RescaleSlope, ds.RescaleIntercept = (_ds_number(v) for v in scan.rescale)
@@ -862,8 +865,8 @@ def _set_ct_geometry(ds: Dataset, scan: Scan) -> None:
     if scan.spacing_mm:
         ds.SliceThickness = ds.SpacingBetweenSlices = _ds_number(scan.spacing_mm[0])
         ds.PixelSpacing = [_ds_number(v) for v in scan.spacing_mm[1:]]
-    if scan.energies_kv:
-        ds.KVP = _ds_number(scan.energies_kv[0])
+    # KVP is type 2 in the CT Image module: present, empty when unknown.
+    ds.KVP = _ds_number(scan.energies_kv[0]) if scan.energies_kv else ""
 
 
 def _set_pixels(ds: Dataset, counts: np.ndarray, photometric: str, bits_stored: int | None) -> None:
