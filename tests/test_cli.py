@@ -31,6 +31,7 @@ def archive(tmp_path: Path) -> Path:
     write_scan(make_scan(ScanKind.SINGLE_ENERGY), tmp_path / "nested" / "c-single.raw")
     write_scan(make_scan(ScanKind.CT_VOLUME, dtype="int16"), tmp_path / "nested" / "series", format="dicom_series")
     (tmp_path / "README.md").write_text("not a scan")
+    (tmp_path / "annotations.json").write_text('{"images": []}')
     (tmp_path / ".hidden.png").write_bytes(b"\x89PNG junk")
     return tmp_path
 

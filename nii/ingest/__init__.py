@@ -149,7 +149,11 @@ def find_scans(paths: Iterable[str | os.PathLike]) -> Iterator[ScanSource]:
 
 def _scans_in_folder(folder: Path, names: list[str]) -> Iterator[ScanSource]:
     files = [folder / n for n in names if Path(n).suffix.lower() not in _NOT_SCANS]
-    claimed = {_data_file_of(f) for f in files if _is_sidecar(f)}
+    sidecars = {f for f in files if _is_sidecar(f)}
+    claimed = {_data_file_of(f) for f in sidecars}
+    # Other JSON beside scans (annotations, results, manifests) is not a scan;
+    # given explicitly it is still read, and refused with its reason.
+    files = [f for f in files if f.suffix.lower() != ".json" or f in sidecars]
     series: dict[str, list[Path]] = defaultdict(list)
     singles: list[Path] = []
     for f in files:
