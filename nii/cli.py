@@ -47,6 +47,44 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """Simulate scans (or a scanner's calibration acquisitions) into --out."""
+    from nii.simulate.engine import default_scene, simulate_dataset, write_calibration_acquisitions
+    from nii.simulate.scanner import load_scanner
+
+    if args.calibration:
+        written = write_calibration_acquisitions(args.out, scanner=args.scanner, seed=args.seed)
+        print(f"wrote {len(written)} calibration acquisitions to {args.out}")
+        return 0
+    scene = args.scene or default_scene(load_scanner(args.scanner))
+    path = simulate_dataset(
+        args.out, scanner=args.scanner, n=args.n, seed=args.seed, scene=scene, threat_rate=args.threat_rate,
+        clear_bag_rate=args.clear_rate, fmt=args.format, workers=args.workers, progress=not args.quiet,
+    )
+    print(f"wrote {args.n} {scene} scans and {path}")
+    return 0
+
+
+def cmd_tip(args: argparse.Namespace) -> int:
+    """Project threats into clear bags: training data and operator-training images."""
+    from nii.simulate.composites import tip_dataset
+
+    path = tip_dataset(args.out, args.backgrounds, signatures=args.signatures, n=args.n, seed=args.seed,
+                       scanner=args.scanner, attenuation_scale=args.attenuation_scale, progress=not args.quiet)
+    print(f"wrote TIP composites and {path}")
+    return 0
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be within 0 and 1, got {value}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -72,6 +110,38 @@ def build_parser() -> argparse.ArgumentParser:
         help="refuse scans whose header claims more samples than this (default %(default)s)",
     )
     info.set_defaults(run=cmd_info)
+
+    sim = commands.add_parser("simulate", help="simulate scans with exact ground truth (the data engine)")
+    sim.add_argument("--scanner", default="baggage-dual-kvp",
+                     help="bundled virtual scanner name or a scanner TOML file (default %(default)s)")
+    sim.add_argument("--n", type=_positive_int, default=10, help="number of scans (default %(default)s)")
+    sim.add_argument("--seed", type=int, default=0, help="run seed; the same seed gives the same bytes")
+    sim.add_argument("--out", required=True, help="output folder: scans/ and annotations.json go here")
+    sim.add_argument("--scene", choices=["bag", "parcel", "cargo", "ct"],
+                     help="what to scan (default: ct for CT scanners, cargo for cargo scanners, else bag)")
+    sim.add_argument("--threat-rate", type=_rate, default=0.5, help="share of scans holding a threat")
+    sim.add_argument("--clear-rate", type=_rate, default=0.1, help="share of clear (see-through) bags")
+    sim.add_argument("--format", choices=["raw", "dicos"], default="raw",
+                     help="raw dump + JSON sidecar, or DICOS DX (CT is always DICOS CT)")
+    sim.add_argument("--workers", type=_positive_int, help="processes (default: all cores)")
+    sim.add_argument("--calibration", action="store_true",
+                     help="write the scanner's dark, air and step-wedge (or CT phantom) acquisitions instead")
+    sim.add_argument("--quiet", action="store_true", help="no progress bar")
+    sim.set_defaults(run=cmd_simulate)
+
+    tip = commands.add_parser("tip", help="threat image projection: insert threats into clear bags")
+    tip.add_argument("backgrounds", nargs="+", metavar="BACKGROUND",
+                     help="clear-bag scans or folders (pseudo-colour images or raw dual-energy scans)")
+    tip.add_argument("--signatures", default="simulated",
+                     help="'simulated' or a folder of isolated-threat images, one sub-folder per class")
+    tip.add_argument("--scanner", default="baggage-dual-kvp", help="virtual scanner for signatures and raw backgrounds")
+    tip.add_argument("--n", type=_positive_int, default=10, help="number of composites (default %(default)s)")
+    tip.add_argument("--seed", type=int, default=0, help="the same seed and inputs give the same files")
+    tip.add_argument("--out", required=True, help="output folder: scans/ and annotations.json")
+    tip.add_argument("--attenuation-scale", type=float, default=1.0,
+                     help="scale threat attenuation on rendered backgrounds (0.6 suits GDXray on SIXray)")
+    tip.add_argument("--quiet", action="store_true", help="no progress bar")
+    tip.set_defaults(run=cmd_tip)
     return parser
 
 
@@ -84,6 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("ignore")
     try:
         return args.run(args)
+    except (ValueError, OSError) as err:  # bad values the library found, or an unwritable --out
+        print(f"nii {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
