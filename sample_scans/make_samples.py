@@ -1,118 +1,179 @@
-"""Make the sample scans: one small synthetic bag in every format nii reads.
+"""Remake sample_scans/ and calibration/ with the simulator.
 
-Run from the repository root: ``.venv/bin/python sample_scans/make_samples.py``.
-The scenes are toy phantoms (Beer-Lambert over rectangles with textbook
-attenuation values), there to exercise the readers, not the physics; the
-data engine's simulator makes realistic scans.
+Run ``make samples`` (or ``.venv/bin/python sample_scans/make_samples.py``).
+Every file here comes from the virtual scanners with fixed seeds, so anyone
+can regenerate the same bytes. See sample_scans/README.md for what each
+file holds and what a correct analysis finds.
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+import argparse
+import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from nii import Scan, ScanKind, write_scan
 from nii.ingest.raw import write_raw
+from nii.simulate import detector
+from nii.simulate.engine import SimulatedScan, simulate_scan, write_calibration_acquisitions
+from nii.simulate.physics import effective_z
+from nii.simulate.scanner import ScannerModel, list_scanners, load_scanner, transmission
+from nii.simulate.tip import material_coordinate, render_pseudo_colour
 
-OUT = Path(__file__).resolve().parent
-RNG = np.random.default_rng(20261122)
-AIR_COUNTS = 60000.0
-
-# (row slice, col slice, thickness cm, mu_low, mu_high) in 1/cm: clothing-like
-# organic, a water bottle, a steel bar. Low energy attenuates more, and more
-# so for high Z: that gap is what dual-energy material discrimination reads.
-OBJECTS = [
-    (slice(20, 90), slice(30, 200), 6.0, 0.25, 0.18),
-    (slice(100, 140), slice(40, 110), 7.0, 0.27, 0.19),
-    (slice(60, 80), slice(140, 220), 0.8, 4.5, 1.6),
-]
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "sample_scans"
+CALIBRATION = ROOT / "calibration"
 
 
-def path_lengths(rows: int = 160, cols: int = 240) -> tuple[np.ndarray, np.ndarray]:
-    """Line integrals of mu (low, high) through the phantom, per pixel."""
-    low = np.full((rows, cols), 0.02)  # the bag shell
-    high = np.full((rows, cols), 0.015)
-    for r, c, cm, mu_low, mu_high in OBJECTS:
-        low[r, c] += mu_low * cm
-        high[r, c] += mu_high * cm
-    return low, high
+def first_scan(scanner_name: str, scene: str, *, want_threat: bool, seed: int,
+               shape: tuple[int, ...] | None = None, mismatch: str | None = None) -> SimulatedScan:
+    """The first draw from ``seed`` on whose scene has (or lacks) a threat
+    (and, for cargo, the given manifest ``mismatch``)."""
+    scanner = load_scanner(scanner_name)
+    for offset in range(100):
+        result = simulate_scan(scanner, np.random.default_rng([seed, offset]), scene=scene,
+                               threat_rate=1.0 if want_threat else 0.0, index=offset, shape=shape)
+        if bool(result.threats) == want_threat and (mismatch is None or result.manifest_truth["mismatch"] == mismatch):
+            return result
+    raise RuntimeError(f"no {scene} scene with threat={want_threat} in 100 tries")
 
 
-def transmitted_counts(line_integral: np.ndarray) -> np.ndarray:
-    """Poisson-noisy detector counts for one energy channel."""
-    expected = AIR_COUNTS * np.exp(-line_integral)
-    return np.clip(RNG.poisson(expected), 0, 65535).astype(np.uint16)
+def truth(result: SimulatedScan) -> list[dict]:
+    """Ground truth for the README and ground_truth.json (masks left out)."""
+    keep = ("category", "dicos_category", "bbox_rc", "box_zyx", "mass_g", "materials", "material")
+    return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in t.items() if k in keep} for t in result.threats]
 
 
-def pseudo_colour(low: np.ndarray, high: np.ndarray) -> np.ndarray:
-    """A console-style rendering: hue from the low/high ratio, white for air."""
-    ratio = low / np.maximum(high, 1e-6)
-    transmission = np.exp(-high)[..., None]
-    organic = np.array([230.0, 150.0, 60.0])  # orange
-    metal = np.array([60.0, 110.0, 230.0])  # blue
-    weight = np.clip((ratio - 1.4) / 1.0, 0, 1)[..., None]
-    hue = (1 - weight) * organic + weight * metal
-    air = transmission**4  # nearly clear paths fade to the white background
-    rgb = (1 - air) * hue * (0.3 + 0.7 * transmission) + air * 255
-    return np.clip(rgb, 0, 255).astype(np.uint8)
+def console_rendering(scan: Scan, scanner: ScannerModel) -> Scan:
+    """Render a raw dual-energy scan as a vendor console would archive it.
+
+    A stand-in for the calibration stage's operator rendering: flat-field
+    with the scanner's own dark and air frames, then colour by where the
+    low/high attenuation ratio R falls between water (organic) and iron
+    (metal) at the same high-energy attenuation.
+    """
+    rng = np.random.default_rng(0)
+    dark = detector.dark_frames(scanner, rng, lines=64).mean(axis=1, keepdims=True)
+    air = detector.air_frames(scanner, rng, lines=64).mean(axis=1, keepdims=True)
+    cols = scan.counts.shape[-1]
+    # Dead elements read dark under the beam too; max() keeps them finite.
+    transmission_lh = (scan.counts - dark[..., :cols]) / np.maximum(air[..., :cols] - dark[..., :cols], 1.0)
+    attenuation = -np.log(np.clip(transmission_lh, 1e-4, 1.0))
+    ratio = attenuation[0] / np.maximum(attenuation[1], 1e-3)
+    grid = np.linspace(0.0, 40.0, 400, dtype=np.float32)  # areal density, g/cm^2
+    curves = {}
+    for material in ("water", "iron"):
+        t = transmission(grid[None, :], [material], scanner)
+        a = -np.log(np.clip(t, 1e-6, 1.0))
+        curves[material] = (a[1], a[0] / np.maximum(a[1], 1e-6))
+    r_organic = np.interp(attenuation[1], *curves["water"])
+    r_metal = np.interp(attenuation[1], *curves["iron"])
+    share = np.clip((ratio - r_organic) / np.maximum(r_metal - r_organic, 1e-3), 0.0, 1.0)
+    organic, metal = material_coordinate(effective_z("water")), material_coordinate(effective_z("iron"))
+    material = (organic + share * (metal - organic)).astype(np.float32)
+    rgb = render_pseudo_colour(attenuation[1].astype(np.float32), material)
+    return Scan(rgb, kind=ScanKind.PSEUDO_COLOUR, scanner_id=scan.scanner_id, acquired_at=scan.acquired_at,
+                metadata={**scan.metadata, "rendered_from": scan.scan_id})
 
 
-def ct_volume(slices: int = 16, size: int = 64) -> np.ndarray:
-    """A cylinder of water with a denser core, stored as HU + 1024."""
-    z, y, x = np.mgrid[:slices, :size, :size]
-    radius = np.hypot(y - size / 2, x - size / 2)
-    hu = np.where(radius < size * 0.4, 0, -1000) + np.where(radius < size * 0.1, 800, 0)
-    hu = hu + RNG.normal(0, 5, hu.shape)
-    return np.clip(hu + 1024, 0, 4095).astype(np.uint16)
+README = """# Sample scans
+
+Small scans a newcomer can open, all made by the simulator from
+`make samples` (`sample_scans/make_samples.py`, fixed seeds). Exact ground
+truth for every file is in `ground_truth.json`; boxes are
+`(row0, col0, row1, col1)` in the scan's pixels (CT: `(z0, y0, x0, z1, y1, x1)`
+in voxels), masses in grams. Try `nii info sample_scans`.
+
+| file | what it holds | what a correct analysis finds |
+| --- | --- | --- |
+{rows}
+
+The scanners' own calibration acquisitions (dark, air and step-wedge frames;
+air and water phantoms for CT) are in `calibration/<scanner>/`, made by the
+same command.
+"""
+
+
+def describe(threats: list[dict]) -> str:
+    if not threats:
+        return "CLEAR: no threat"
+    items = ", ".join(f"{t['category']} ({t['dicos_category']}, {t['mass_g']:.0f} g)" for t in threats)
+    return f"ALARM: {items}"
 
 
 def main() -> None:
-    low_mu, high_mu = path_lengths()
-    dual_counts = np.stack([transmitted_counts(low_mu), transmitted_counts(high_mu)])
-    when = datetime(2026, 11, 22, 9, 30, 0)
-    dual = Scan(
-        dual_counts,
-        kind=ScanKind.DUAL_ENERGY,
-        spacing_mm=(1.0, 1.0),
-        energies_kv=(80.0, 160.0),
-        scanner_id="sample-linescan-1",
-        acquired_at=when,
-        metadata={"bag_tag": "0123456789", "lane": "3"},
-        bits_stored=16,
-    )
-    write_scan(dual, OUT / "bag-dual-energy.dcm")
-    write_scan(dual, OUT / "bag-dual-energy.png")
-    write_raw(dual, OUT / "bag-dual-energy.raw", layout="side_by_side")
-    write_scan(dual.replace(kind=ScanKind.SINGLE_ENERGY, counts=dual_counts[1], energies_kv=(160.0,)), OUT / "bag-single-energy.tiff")
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=Path, default=SAMPLES, help="output folder for the scans")
+    parser.add_argument("--calibration", type=Path, default=CALIBRATION, help="output folder for acquisitions")
+    args = parser.parse_args()
+    make(args.samples, args.calibration)
 
-    rgb = Scan(pseudo_colour(low_mu, high_mu), kind=ScanKind.PSEUDO_COLOUR, metadata={"source": "console export"})
-    write_scan(rgb, OUT / "bag-console.jpg")
-    write_scan(rgb, OUT / "bag-console.png")
 
-    ct = Scan(
-        ct_volume(),
-        kind=ScanKind.CT_VOLUME,
-        spacing_mm=(2.0, 1.5, 1.5),
-        rescale=(1.0, -1024.0),
-        scanner_id="sample-ct-1",
-        acquired_at=when,
-        metadata={"bag_tag": "0123456790"},
-    )
-    write_scan(ct, OUT / "bag-ct-volume.dcm")
-    (OUT / "bag-ct-slices").mkdir(exist_ok=True)
-    write_scan(ct.replace(scan_id="", counts=ct.counts[:8]), OUT / "bag-ct-slices", format="dicom_series")
+def make(samples: Path, calibration: Path) -> None:
+    """Write every sample scan, its ground truth and README, and the acquisitions."""
+    samples.mkdir(parents=True, exist_ok=True)
+    for old in samples.iterdir():
+        if old.name not in ("make_samples.py",):
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+    ground_truth: dict[str, object] = {}
+    rows: list[str] = []
 
-    cargo = Scan(
-        (dual_counts // 4).astype(np.uint16),
-        kind=ScanKind.DUAL_ENERGY,
-        spacing_mm=(5.0, 5.0),
-        energies_kv=(4000.0, 6000.0),
-        scanner_id="sample-cargo-1",
-        metadata={"container_number": "MSCU1234565", "manifest": {"goods": "furniture", "gross_kg": 8200}},
-    )
-    write_scan(cargo, OUT / "container-dual-energy.npz")
+    # Small scenes keep the folder under 10 MB; the physics is the same.
+    threat_bag = first_scan("baggage-dual-kvp", "bag", want_threat=True, seed=101, shape=(480, 640))
+    clear_bag = first_scan("baggage-dual-kvp", "bag", want_threat=False, seed=202, shape=(480, 640))
+    write_raw(threat_bag.scan, samples / "bag-threat.raw")
+    write_raw(clear_bag.scan, samples / "bag-clear.raw", layout="side_by_side")
+    ground_truth["bag-threat.json"] = truth(threat_bag)
+    ground_truth["bag-clear.json"] = truth(clear_bag)
+    rows.append(f"| `bag-threat.json` + `.raw` | raw dual-energy (80/160 kVp) line-scanner dump with its JSON "
+                f"sidecar, planar layout | {describe(truth(threat_bag))} |")
+    rows.append(f"| `bag-clear.json` + `.raw` | the same kind of bag, no threat; channels side by side "
+                f"`[low\\|high]` as some consoles write | {describe(truth(clear_bag))} |")
+
+    parcel = first_scan("parcel-sandwich", "parcel", want_threat=True, seed=303, shape=(360, 480))
+    write_scan(parcel.scan, samples / "parcel-dicos-dx.dcm")
+    ground_truth["parcel-dicos-dx.dcm"] = truth(parcel)
+    rows.append(f"| `parcel-dicos-dx.dcm` | DICOS DX for processing, two frames LOW/HIGH, from the 160 kVp "
+                f"sandwich-detector parcel scanner | {describe(truth(parcel))} |")
+
+    ct = first_scan("ct-baggage", "ct", want_threat=True, seed=404, shape=(48, 96, 96))
+    write_scan(ct.scan, samples / "bag-dicos-ct.dcm")
+    ground_truth["bag-dicos-ct.dcm"] = truth(ct)
+    rows.append(f"| `bag-dicos-ct.dcm` | DICOS CT, one multi-frame volume of a bag; stored values need the "
+                f"air/water HU calibration | {describe(truth(ct))} |")
+
+    # A container declared empty that is not: what manifest checks are for.
+    cargo = first_scan("cargo-linac", "cargo", want_threat=False, seed=505, shape=(1240, 640), mismatch="false_empty")
+    write_raw(cargo.scan, samples / "container.raw")
+    ground_truth["container.json"] = {"threats": truth(cargo), "manifest_declared": cargo.scan.metadata["manifest"],
+                                      "manifest_truth": cargo.manifest_truth}
+    declared, real = cargo.scan.metadata["manifest"], cargo.manifest_truth
+    holds = f"holds {', '.join(real['goods']) or 'nothing'}, {real['gross_kg']:.0f} kg gross"
+    verdict = (f"consistent with the manifest ({holds}); {describe(truth(cargo))}" if real["mismatch"] == "none"
+               else f"ALARM on the manifest check ({real['mismatch']}): {holds}; {describe(truth(cargo))}")
+    rows.append(f"| `container.json` + `.raw` | 6 MV / 4 MV dual-energy cargo radiograph of container "
+                f"{declared['container_number']}, declared {declared['goods']}, {declared['gross_kg']:.0f} kg gross "
+                f"| {verdict} |")
+
+    # What a vendor console archives: the threat bag rendered in operator colours.
+    rendered = console_rendering(threat_bag.scan, load_scanner("baggage-dual-kvp"))
+    write_scan(rendered, samples / "bag-threat-console.png")
+    write_scan(rendered, samples / "bag-threat-console.jpg")
+    ground_truth["bag-threat-console.png"] = ground_truth["bag-threat.json"]
+    ground_truth["bag-threat-console.jpg"] = ground_truth["bag-threat.json"]
+    rows.append("| `bag-threat-console.png`, `.jpg` | `bag-threat` as a vendor console archives it: 8-bit "
+                "pseudo-colour (orange organic, green mixed, blue metal), no raw counts | same as `bag-threat` |")
+
+    (samples / "ground_truth.json").write_text(json.dumps(ground_truth, indent=1, sort_keys=True) + "\n")
+    (samples / "README.md").write_text(README.format(rows="\n".join(rows)))
+
+    for name in list_scanners():
+        target = calibration / name
+        shutil.rmtree(target, ignore_errors=True)
+        write_calibration_acquisitions(target, scanner=name, seed=1, lines=32)
 
 
 if __name__ == "__main__":

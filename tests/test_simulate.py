@@ -150,3 +150,21 @@ def test_cli_simulate_and_its_errors(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "baggage-dual-kvp" in unknown.stderr
     rate = run_cli("simulate", "--threat-rate", "1.5", "--out", str(tmp_path / "z"))
     assert rate.returncode == 2 and "within 0 and 1" in rate.stderr
+
+
+def test_committed_samples_come_from_the_committed_command(tmp_path: Path) -> None:
+    script = REPO / "sample_scans" / "make_samples.py"
+    result = subprocess.run([sys.executable, str(script), "--samples", str(tmp_path / "s"), "--calibration",
+                             str(tmp_path / "c")], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    committed = REPO / "sample_scans"
+    # Geometry and ground truth are exact; pixel values may differ in the last
+    # float bit on another CPU, so counts are compared within one count.
+    assert (tmp_path / "s" / "ground_truth.json").read_text() == (committed / "ground_truth.json").read_text()
+    assert (tmp_path / "s" / "README.md").read_text() == (committed / "README.md").read_text()
+    for name in ("bag-threat.json", "container.json", "parcel-dicos-dx.dcm", "bag-dicos-ct.dcm"):
+        fresh, kept = read_scan(tmp_path / "s" / name), read_scan(committed / name)
+        assert np.abs(fresh.counts.astype(np.int64) - kept.counts.astype(np.int64)).max() <= 1, name
+    for wedge in sorted((REPO / "calibration").rglob("*.json")):
+        again = tmp_path / "c" / wedge.relative_to(REPO / "calibration")
+        assert np.abs(read_scan(again).counts.astype(np.int64) - read_scan(wedge).counts.astype(np.int64)).max() <= 1

@@ -29,6 +29,7 @@ from nii.simulate import annotations as gt
 from nii.simulate import detector, scenes
 from nii.simulate.physics import MATERIALS
 from nii.simulate.scanner import ScannerModel, load_scanner, transmission
+from nii.simulate.scene import Scene, VolumeScene
 
 __all__ = ["SCENE_KINDS", "SimulatedScan", "default_scene", "simulate_scan", "simulate_dataset", "write_calibration_acquisitions"]
 
@@ -74,13 +75,21 @@ class SimulatedScan:
 
     ``threats`` are in the scan's own pixel (or voxel) coordinates: for 2D
     scans ``bbox_rc`` and a boolean ``mask`` inside it; for CT ``box_zyx``.
-    ``manifest_truth`` is what a container really holds (cargo only).
+    ``scene`` is the layout it was made from (objects, materials, manifest
+    and, for cargo, ``manifest_truth``: what the container really holds).
     """
 
     scan: Scan
     scene_kind: str
     threats: list[dict[str, Any]]
-    manifest_truth: dict[str, Any] | None = None
+    scene: Scene | VolumeScene
+
+    @property
+    def manifest_truth(self) -> dict[str, Any] | None:
+        return getattr(self.scene, "manifest_truth", None) if self.scene_kind == "cargo" else None
+
+
+_DEFAULT_SHAPE = {"bag": 768, "parcel": 512}
 
 
 def simulate_scan(
@@ -91,6 +100,7 @@ def simulate_scan(
     threat_rate: float = 0.5,
     clear_bag_rate: float = 0.1,
     index: int = 0,
+    shape: tuple[int, ...] | None = None,
 ) -> SimulatedScan:
     """Simulate one scan on ``scanner``.
 
@@ -108,11 +118,16 @@ def simulate_scan(
     index : int
         Position in a run: sets the acquisition time and the detector's slow
         drift (a scanner drifts over a day of scans).
+    shape : tuple of int, optional
+        Scene size in pixels (``(rows, cols)``, cols at most the detector's
+        elements) or voxels for CT. Defaults: 768 lines of bag, 512 of
+        parcel, a whole container, the CT scene's own default.
 
     Raises
     ------
     ValueError
-        For an unknown scene, or a scene the scanner cannot image.
+        For an unknown scene, a scene the scanner cannot image, or a scene
+        wider than the detector.
     """
     if scene not in SCENE_KINDS:
         raise ValueError(f"scene must be one of {', '.join(SCENE_KINDS)}; got {scene!r}")
@@ -120,10 +135,16 @@ def simulate_scan(
         raise ValueError(f"scanner {scanner.name} ({scanner.kind}) cannot image a {scene} scene")
     acquired_at = _EPOCH + timedelta(seconds=7 * index)
     if scene == "ct":
-        return _simulate_ct(scanner, rng, threat_rate=threat_rate, acquired_at=acquired_at)
+        return _simulate_ct(scanner, rng, threat_rate=threat_rate, acquired_at=acquired_at, shape=shape)
+    if shape is None:
+        rows = _DEFAULT_SHAPE.get(scene) or _cargo_rows(scanner)
+        shape = (rows, scanner.detector_elements)
+    if len(shape) != 2 or shape[1] > scanner.detector_elements:
+        raise ValueError(f"shape must be (rows, cols) with cols <= {scanner.detector_elements} detector elements; "
+                         f"got {shape}")
     return _simulate_projection(
         scanner, rng, scene=scene, threat_rate=threat_rate, clear_bag_rate=clear_bag_rate, index=index,
-        acquired_at=acquired_at,
+        acquired_at=acquired_at, shape=(int(shape[0]), int(shape[1])),
     )
 
 
@@ -136,26 +157,29 @@ def _simulate_projection(
     clear_bag_rate: float,
     index: int,
     acquired_at: datetime,
+    shape: tuple[int, int],
 ) -> SimulatedScan:
     densities = _densities()
     if scene == "cargo":
-        layout = scenes.cargo_scene(rng, pixel_mm=scanner.pixel_mm, shape=(_cargo_rows(scanner), scanner.detector_elements))
+        layout = scenes.cargo_scene(rng, pixel_mm=scanner.pixel_mm, shape=shape)
     else:
-        shape = (768, scanner.detector_elements) if scene == "bag" else (512, scanner.detector_elements)
         layout = scenes.bag_scene(rng, shape=shape, pixel_mm=scanner.pixel_mm, kind=scene,
                                   threat_rate=threat_rate, clear_bag_rate=clear_bag_rate)
     materials = sorted({obj.material for obj in layout.objects})
     areal = scenes.areal_density(layout, materials, densities)
-    # The scene is drawn with square pixels; the belt moves belt_mm_per_line
-    # between detector lines, so rows are resampled to the scanner's aspect
-    # (the calibration stage corrects it back to square pixels).
-    stretch = scanner.pixel_mm / scanner.belt_mm_per_line
-    if stretch != 1.0:
-        rows = max(1, round(areal.shape[1] * stretch))
-        areal = np.stack([cv2.resize(a, (a.shape[1], rows), interpolation=cv2.INTER_LINEAR) for a in areal])
+    # The scene is drawn with square pixels of layout.pixel_mm; the detector
+    # samples at its own pitch across the belt, and one line per
+    # belt_mm_per_line of travel (the calibration stage squares it again).
+    scale = (layout.pixel_mm / scanner.belt_mm_per_line, layout.pixel_mm / scanner.pixel_mm)
+    acquired_shape = (max(1, round(areal.shape[1] * scale[0])),
+                      min(scanner.detector_elements, max(1, round(areal.shape[2] * scale[1]))))
+    if acquired_shape != areal.shape[1:]:
+        size = (acquired_shape[1], acquired_shape[0])
+        areal = np.stack([cv2.resize(a, size, interpolation=cv2.INTER_AREA) for a in areal])
     trans = transmission(areal, materials, scanner)
     counts = detector.acquire(trans, scanner, rng, first_line=index * trans.shape[1])
-    threats = [_stretch_rows(t, stretch, trans.shape[1]) for t in scenes.threat_annotations(layout, densities)]
+    threats = [_resample_annotation(t, layout.shape, acquired_shape)
+               for t in scenes.threat_annotations(layout, densities)]
     metadata: dict[str, Any] = {"scene": scene, "simulated": True}
     if layout.manifest is not None:
         metadata["container_number"] = layout.manifest.get("container_number")
@@ -173,7 +197,7 @@ def _simulate_projection(
         metadata=metadata,
         bits_stored=scanner.bits,
     )
-    return SimulatedScan(scan, scene, threats, layout.manifest_truth)
+    return SimulatedScan(scan, scene, [t for t in threats if t["mask"].any()], layout)
 
 
 def _cargo_rows(scanner: ScannerModel) -> int:
@@ -181,21 +205,31 @@ def _cargo_rows(scanner: ScannerModel) -> int:
     return max(64, round(12_200 / scanner.pixel_mm))
 
 
-def _stretch_rows(threat: dict[str, Any], stretch: float, rows: int) -> dict[str, Any]:
-    """Move a 2D annotation from scene rows to acquired detector lines."""
-    if stretch == 1.0:
+def _resample_annotation(threat: dict[str, Any], scene_shape: tuple[int, int],
+                         acquired_shape: tuple[int, int]) -> dict[str, Any]:
+    """Move a 2D annotation from scene pixels to acquired pixels (lines x elements)."""
+    if tuple(scene_shape) == tuple(acquired_shape):
         return threat
+    row_scale, col_scale = (a / s for a, s in zip(acquired_shape, scene_shape))
     r0, c0, r1, c1 = threat["bbox_rc"]
-    n0, n1 = int(np.floor(r0 * stretch)), min(rows, max(int(np.ceil(r1 * stretch)), int(np.floor(r0 * stretch)) + 1))
-    mask = cv2.resize(threat["mask"].astype(np.uint8), (c1 - c0, n1 - n0), interpolation=cv2.INTER_NEAREST)
-    return {**threat, "bbox_rc": (n0, c0, n1, c1), "mask": mask.astype(bool)}
+    n_r0, n_c0 = int(np.floor(r0 * row_scale)), int(np.floor(c0 * col_scale))
+    n_r1 = min(acquired_shape[0], max(int(np.ceil(r1 * row_scale)), n_r0 + 1))
+    n_c1 = min(acquired_shape[1], max(int(np.ceil(c1 * col_scale)), n_c0 + 1))
+    mask = cv2.resize(threat["mask"].astype(np.uint8), (n_c1 - n_c0, n_r1 - n_r0), interpolation=cv2.INTER_NEAREST)
+    return {**threat, "bbox_rc": (n_r0, n_c0, n_r1, n_c1), "mask": mask.astype(bool)}
 
 
 def _simulate_ct(
-    scanner: ScannerModel, rng: np.random.Generator, *, threat_rate: float, acquired_at: datetime
+    scanner: ScannerModel,
+    rng: np.random.Generator,
+    *,
+    threat_rate: float,
+    acquired_at: datetime,
+    shape: tuple[int, ...] | None,
 ) -> SimulatedScan:
     densities = _densities()
-    layout = scenes.ct_scene(rng, voxel_mm=tuple(scanner.ct_voxel_mm), threat_rate=threat_rate)
+    options = {"shape": tuple(shape)} if shape else {}
+    layout = scenes.ct_scene(rng, voxel_mm=tuple(scanner.ct_voxel_mm), threat_rate=threat_rate, **options)
     stored = detector.ct_reconstruct(layout, scanner, rng)
     scan = Scan(
         stored,
@@ -209,7 +243,7 @@ def _simulate_ct(
         # which the air/water HU calibration corrects.
         rescale=(1.0, -1024.0),
     )
-    return SimulatedScan(scan, "ct", scenes.volume_threat_annotations(layout, densities))
+    return SimulatedScan(scan, "ct", scenes.volume_threat_annotations(layout, densities), layout)
 
 
 # -- data sets -----------------------------------------------------------------
