@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test samples bench clean
+.PHONY: run test samples bench bench-calibrate clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nii needs Python 3.11+; found " + sys.version.split()[0])'
@@ -29,6 +29,10 @@ samples: $(STAMP)
 # Data-engine throughput: dual-energy 1024x768 bags per second on 1 and 2 workers.
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_simulate.py
+
+# Calibrate-and-render time for a 2x1024x768 scan, against float64 NumPy and the bandwidth floor.
+bench-calibrate: $(STAMP)
+	$(BIN)/python benchmarks/bench_calibrate.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 import warnings
+from pathlib import Path
 from typing import Any, Sequence
 
 from nii.ingest import ReadLimits, ScanReadError, find_scans, read_source
@@ -73,6 +74,63 @@ def cmd_tip(args: argparse.Namespace) -> int:
                        scanner=args.scanner, attenuation_scale=args.attenuation_scale, progress=not args.quiet)
     print(f"wrote TIP composites and {path}")
     return 0
+
+
+def cmd_calibrate_build(args: argparse.Namespace) -> int:
+    """Build a scanner's calibration profile from its acquisitions."""
+    from nii.calibrate.profile import build_profile, default_profile_path, save_profile
+
+    folder = args.acquisitions or f"calibration/{args.scanner}"
+    profile = build_profile(folder, scanner_id=args.scanner, version=args.version)
+    path = save_profile(profile, args.out or default_profile_path(profile.scanner_id))
+    print(f"wrote {path}: {profile.profile_id}")
+    return 0
+
+
+def cmd_calibrate_check(args: argparse.Namespace) -> int:
+    """Report a profile's quality figures."""
+    from nii.calibrate.profile import check_profile, load_profile
+
+    report = check_profile(load_profile(args.profile))
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    for key, value in report.items():
+        shown = f"{value:.4%}" if key == "residual_nonuniformity" and value is not None else value
+        shown = f"{value:.3f}" if key == "zeff_mae" and value is not None else shown
+        print(f"{key:>24}: {shown}")
+    return 0
+
+
+def cmd_render(args: argparse.Namespace) -> int:
+    """Calibrate scans and write the operator's rendering as PNG."""
+    import cv2
+
+    from nii.calibrate.correct import calibrate_scan
+    from nii.calibrate.profile import default_profile_path, load_profile
+    from nii.calibrate.render import render
+
+    refused = 0
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for source in find_scans(args.paths):
+        try:
+            scan = read_source(source)
+        except ScanReadError as err:
+            print(f"{source.path}  REFUSED: {err.reason}")
+            refused += 1
+            continue
+        profile_path = args.profile or (default_profile_path(scan.scanner_id) if scan.scanner_id else None)
+        profile = load_profile(profile_path) if profile_path and Path(profile_path).exists() else None
+        calibrated = calibrate_scan(scan, profile)
+        if calibrated.attenuation.ndim != 3 or scan.kind.value == "ct_volume":
+            print(f"{source.path}  SKIPPED: CT volumes are rendered by the pipeline's slice views")
+            continue
+        rgb = render(calibrated, tool=args.tool, window=tuple(args.window) if args.window else None)
+        target = out / f"{Path(source.path).stem}-{args.tool}.png"
+        cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        print(f"{target}  {calibrated.profile_id}")
+    return 1 if refused else 0
 
 
 def _rate(text: str) -> float:
@@ -142,6 +200,30 @@ def build_parser() -> argparse.ArgumentParser:
                      help="scale threat attenuation on rendered backgrounds (0.6 suits GDXray on SIXray)")
     tip.add_argument("--quiet", action="store_true", help="no progress bar")
     tip.set_defaults(run=cmd_tip)
+
+    calibrate = commands.add_parser("calibrate", help="build and check scanner calibration profiles")
+    steps = calibrate.add_subparsers(dest="step", required=True, metavar="STEP")
+    build = steps.add_parser("build", help="build a profile from dark, air and step-wedge acquisitions")
+    build.add_argument("--scanner", required=True, help="scanner id; acquisitions from others are refused")
+    build.add_argument("--acquisitions", help="folder of acquisitions (default calibration/SCANNER)")
+    build.add_argument("--version", type=_positive_int, default=1, help="profile revision (default %(default)s)")
+    build.add_argument("--out", help="profile file (default calibration/SCANNER/profile.npz)")
+    build.set_defaults(run=cmd_calibrate_build)
+    check = steps.add_parser("check", help="report residual non-uniformity, dead pixels and Zeff error")
+    check.add_argument("profile", metavar="PROFILE", help="a profile .npz file")
+    check.add_argument("--json", action="store_true", help="one JSON object")
+    check.set_defaults(run=cmd_calibrate_check)
+
+    from nii.calibrate.render import TOOLS
+
+    render = commands.add_parser("render", help="calibrate scans and write the operator's view as PNG")
+    render.add_argument("paths", nargs="+", metavar="PATH", help="scan files or folders")
+    render.add_argument("--out", required=True, help="output folder")
+    render.add_argument("--tool", choices=TOOLS, default="colour", help="rendering tool (default %(default)s)")
+    render.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+                        help="attenuation window for the window tool")
+    render.add_argument("--profile", help="profile file (default calibration/<scanner>/profile.npz if present)")
+    render.set_defaults(run=cmd_render)
     return parser
 
 

@@ -11,17 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 
 from nii import Scan, ScanKind, write_scan
+from nii.calibrate.correct import Calibrator
+from nii.calibrate.profile import build_profile, default_profile_path, save_profile
+from nii.calibrate.render import render
 from nii.ingest.raw import write_raw
-from nii.simulate import detector
 from nii.simulate.engine import SimulatedScan, simulate_scan, write_calibration_acquisitions
-from nii.simulate.physics import effective_z
-from nii.simulate.scanner import ScannerModel, list_scanners, load_scanner, transmission
-from nii.simulate.tip import material_coordinate, render_pseudo_colour
+from nii.simulate.scanner import list_scanners, load_scanner
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "sample_scans"
@@ -47,38 +48,6 @@ def truth(result: SimulatedScan) -> list[dict]:
     return [{k: (list(v) if isinstance(v, tuple) else v) for k, v in t.items() if k in keep} for t in result.threats]
 
 
-def console_rendering(scan: Scan, scanner: ScannerModel) -> Scan:
-    """Render a raw dual-energy scan as a vendor console would archive it.
-
-    A stand-in for the calibration stage's operator rendering: flat-field
-    with the scanner's own dark and air frames, then colour by where the
-    low/high attenuation ratio R falls between water (organic) and iron
-    (metal) at the same high-energy attenuation.
-    """
-    rng = np.random.default_rng(0)
-    dark = detector.dark_frames(scanner, rng, lines=64).mean(axis=1, keepdims=True)
-    air = detector.air_frames(scanner, rng, lines=64).mean(axis=1, keepdims=True)
-    cols = scan.counts.shape[-1]
-    # Dead elements read dark under the beam too; max() keeps them finite.
-    transmission_lh = (scan.counts - dark[..., :cols]) / np.maximum(air[..., :cols] - dark[..., :cols], 1.0)
-    attenuation = -np.log(np.clip(transmission_lh, 1e-4, 1.0))
-    ratio = attenuation[0] / np.maximum(attenuation[1], 1e-3)
-    grid = np.linspace(0.0, 40.0, 400, dtype=np.float32)  # areal density, g/cm^2
-    curves = {}
-    for material in ("water", "iron"):
-        t = transmission(grid[None, :], [material], scanner)
-        a = -np.log(np.clip(t, 1e-6, 1.0))
-        curves[material] = (a[1], a[0] / np.maximum(a[1], 1e-6))
-    r_organic = np.interp(attenuation[1], *curves["water"])
-    r_metal = np.interp(attenuation[1], *curves["iron"])
-    share = np.clip((ratio - r_organic) / np.maximum(r_metal - r_organic, 1e-3), 0.0, 1.0)
-    organic, metal = material_coordinate(effective_z("water")), material_coordinate(effective_z("iron"))
-    material = (organic + share * (metal - organic)).astype(np.float32)
-    rgb = render_pseudo_colour(attenuation[1].astype(np.float32), material)
-    return Scan(rgb, kind=ScanKind.PSEUDO_COLOUR, scanner_id=scan.scanner_id, acquired_at=scan.acquired_at,
-                metadata={**scan.metadata, "rendered_from": scan.scan_id})
-
-
 README = """# Sample scans
 
 Small scans a newcomer can open, all made by the simulator from
@@ -92,8 +61,8 @@ in voxels), masses in grams. Try `nii info sample_scans`.
 {rows}
 
 The scanners' own calibration acquisitions (dark, air and step-wedge frames;
-air and water phantoms for CT) are in `calibration/<scanner>/`, made by the
-same command.
+air and water phantoms for CT) and the profiles built from them
+(`profile.npz`) are in `calibration/<scanner>/`, made by the same command.
 """
 
 
@@ -118,12 +87,23 @@ def make(samples: Path, calibration: Path) -> None:
     for old in samples.iterdir():
         if old.name not in ("make_samples.py",):
             shutil.rmtree(old) if old.is_dir() else old.unlink()
+    profiles = {}
+    for name in list_scanners():
+        target = calibration / name
+        shutil.rmtree(target, ignore_errors=True)
+        write_calibration_acquisitions(target, scanner=name, seed=1, lines=32)
+        # A fixed build time keeps the profile's bytes (and hash) reproducible.
+        profile = build_profile(target, scanner_id=name, version=1, created_at=datetime(2026, 1, 5, tzinfo=timezone.utc))
+        save_profile(profile, default_profile_path(name, calibration))
+        profiles[name] = profile
+
     ground_truth: dict[str, object] = {}
     rows: list[str] = []
 
-    # Small scenes keep the folder under 10 MB; the physics is the same.
-    threat_bag = first_scan("baggage-dual-kvp", "bag", want_threat=True, seed=101, shape=(480, 640))
-    clear_bag = first_scan("baggage-dual-kvp", "bag", want_threat=False, seed=202, shape=(480, 640))
+    # Short scans (but the full detector width, so the committed profiles
+    # calibrate them) keep the folder under 10 MB; the physics is the same.
+    threat_bag = first_scan("baggage-dual-kvp", "bag", want_threat=True, seed=101, shape=(400, 1024))
+    clear_bag = first_scan("baggage-dual-kvp", "bag", want_threat=False, seed=202, shape=(400, 1024))
     write_raw(threat_bag.scan, samples / "bag-threat.raw")
     write_raw(clear_bag.scan, samples / "bag-clear.raw", layout="side_by_side")
     ground_truth["bag-threat.json"] = truth(threat_bag)
@@ -133,7 +113,7 @@ def make(samples: Path, calibration: Path) -> None:
     rows.append(f"| `bag-clear.json` + `.raw` | the same kind of bag, no threat; channels side by side "
                 f"`[low\\|high]` as some consoles write | {describe(truth(clear_bag))} |")
 
-    parcel = first_scan("parcel-sandwich", "parcel", want_threat=True, seed=303, shape=(360, 480))
+    parcel = first_scan("parcel-sandwich", "parcel", want_threat=True, seed=303, shape=(360, 896))
     write_scan(parcel.scan, samples / "parcel-dicos-dx.dcm")
     ground_truth["parcel-dicos-dx.dcm"] = truth(parcel)
     rows.append(f"| `parcel-dicos-dx.dcm` | DICOS DX for processing, two frames LOW/HIGH, from the 160 kVp "
@@ -159,7 +139,11 @@ def make(samples: Path, calibration: Path) -> None:
                 f"| {verdict} |")
 
     # What a vendor console archives: the threat bag rendered in operator colours.
-    rendered = console_rendering(threat_bag.scan, load_scanner("baggage-dual-kvp"))
+    calibrated = Calibrator(profiles["baggage-dual-kvp"])(threat_bag.scan)
+    rendered = Scan(render(calibrated, tool="colour"), kind=ScanKind.PSEUDO_COLOUR, scanner_id=threat_bag.scan.scanner_id,
+                    acquired_at=threat_bag.scan.acquired_at,
+                    metadata={**threat_bag.scan.metadata, "rendered_from": threat_bag.scan.scan_id,
+                              "profile_id": calibrated.profile_id})
     write_scan(rendered, samples / "bag-threat-console.png")
     write_scan(rendered, samples / "bag-threat-console.jpg")
     ground_truth["bag-threat-console.png"] = ground_truth["bag-threat.json"]
@@ -170,10 +154,7 @@ def make(samples: Path, calibration: Path) -> None:
     (samples / "ground_truth.json").write_text(json.dumps(ground_truth, indent=1, sort_keys=True) + "\n")
     (samples / "README.md").write_text(README.format(rows="\n".join(rows)))
 
-    for name in list_scanners():
-        target = calibration / name
-        shutil.rmtree(target, ignore_errors=True)
-        write_calibration_acquisitions(target, scanner=name, seed=1, lines=32)
+
 
 
 if __name__ == "__main__":

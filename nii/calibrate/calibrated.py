@@ -31,10 +31,10 @@ MIXED_MAX_ZEFF = 17.0
 
 def classify_zeff(zeff: np.ndarray, opaque: np.ndarray) -> np.ndarray:
     """Material class codes (uint8) from Zeff, OPAQUE where not penetrated."""
-    classes = np.full(zeff.shape, MaterialClass.MIXED, dtype=np.uint8)
-    classes[zeff < ORGANIC_MAX_ZEFF] = MaterialClass.ORGANIC
-    classes[zeff > MIXED_MAX_ZEFF] = MaterialClass.METAL
-    classes[opaque] = MaterialClass.OPAQUE
+    # Codes are ordered by Zeff: count the class boundaries each pixel is past.
+    classes = (zeff >= ORGANIC_MAX_ZEFF).view(np.uint8)
+    classes += zeff > MIXED_MAX_ZEFF
+    np.putmask(classes, opaque, np.uint8(MaterialClass.OPAQUE))
     return classes
 
 
@@ -77,8 +77,9 @@ class CalibratedScan:
 
     @property
     def calibrated(self) -> bool:
-        """False for scans normalised from their own air region."""
-        return self.profile_id != UNCALIBRATED
+        """False for scans normalised from their own air region, and for
+        estimates from archived renderings (``archive:...`` ids)."""
+        return self.profile_id != UNCALIBRATED and not self.profile_id.startswith("archive:")
 
     @property
     def high(self) -> np.ndarray:

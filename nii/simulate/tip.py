@@ -51,6 +51,14 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import cv2
 import numpy as np
 
+from nii.calibrate.palette import (  # re-exported: older code imports them from here
+    SIXRAY_PALETTE,
+    PseudoColourPalette,
+    _opaque,
+    estimate_pseudo_colour,
+    material_coordinate,
+    render_pseudo_colour,
+)
 from nii.scan import Scan, ScanKind
 from nii.simulate.scene import THREAT_CATEGORIES, SceneObject
 
@@ -751,189 +759,8 @@ def project_into_counts(
 
 
 # ---------------------------------------------------------------------------
-# Pseudo-colour renderings
+# Pseudo-colour renderings (the palette model lives in nii.calibrate.palette)
 # ---------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class PseudoColourPalette:
-    """A log-linear pseudo-colour rendering model.
-
-    Each RGB channel is rendered as ``white * exp(-A * k_c(m))``: the
-    attenuation ``A`` sets the brightness and the material coordinate ``m``
-    (0 organic ... 1 metal) the direction ``k(m)`` of the per-channel
-    attenuation. ``k(m)`` is piecewise linear between ``anchors`` (m, and a
-    direction of three positive weights summing to 1) and scaled to mean 1,
-    so ``A`` is the mean of ``-ln(rgb / white)`` over channels, and a grey
-    object of attenuation ``A`` would be as bright as a grey image showing
-    transmission ``exp(-A)``.
-
-    Parameters
-    ----------
-    name : str
-    anchors : tuple of (m, (r, g, b))
-        Increasing ``m`` from 0 to 1.
-    white : float
-        Rendered value of air.
-    opaque_max : int
-        Pixels whose channels are all below this and ...
-    opaque_chroma : int
-        ... differ by less than this are read as opaque (dark grey/black).
-    opaque_attenuation : float
-        Attenuation given to opaque pixels (a lower bound).
-    """
-
-    name: str
-    anchors: tuple[tuple[float, tuple[float, float, float]], ...]
-    white: float = 255.0
-    opaque_max: int = 64
-    opaque_chroma: int = 24
-    opaque_attenuation: float = 4.0
-
-    def __post_init__(self) -> None:
-        ms = [m for m, _ in self.anchors]
-        if len(ms) < 2 or ms[0] != 0.0 or ms[-1] != 1.0 or any(b <= a for a, b in zip(ms, ms[1:])):
-            raise ValueError("palette anchors must run strictly increasing from m = 0 to m = 1")
-        if any(min(d) <= 0 for _, d in self.anchors):
-            raise ValueError("palette directions must be positive in every channel")
-
-    @property
-    def anchor_m(self) -> np.ndarray:
-        return np.array([m for m, _ in self.anchors], np.float64)
-
-    @property
-    def anchor_dirs(self) -> np.ndarray:
-        d = np.array([d for _, d in self.anchors], np.float64)
-        return d / d.sum(axis=1, keepdims=True)
-
-    def direction(self, material: np.ndarray) -> np.ndarray:
-        """Per-channel attenuation weights ``k(m)`` (mean 1), shape (..., 3)."""
-        m = np.clip(np.asarray(material, np.float64), 0.0, 1.0)
-        dirs = self.anchor_dirs
-        k = np.stack([np.interp(m, self.anchor_m, dirs[:, c]) for c in range(3)], axis=-1)
-        return 3.0 * k / k.sum(axis=-1, keepdims=True)
-
-
-# Fitted on SIXray clear bags: medians of -ln(rgb/255) / sum over hue bins
-# of well-saturated pixels; the curve runs orange (hue 30) - yellow-olive
-# (50) - green (100) - teal (160) - blue (205). Near-black grey is opaque.
-SIXRAY_PALETTE = PseudoColourPalette(
-    name="sixray",
-    anchors=(
-        (0.0, (0.072, 0.230, 0.698)),
-        (0.25, (0.161, 0.193, 0.646)),
-        (0.5, (0.357, 0.142, 0.501)),
-        (0.75, (0.558, 0.189, 0.253)),
-        (1.0, (0.678, 0.242, 0.080)),
-    ),
-)
-
-
-def material_coordinate(zeff: float | None) -> float:
-    """Map an effective atomic number to the organic (0) - metal (1) axis.
-
-    Organic (Zeff < 10) lands at 0-0.3 (orange), mixed/light inorganic
-    (10-17, aluminium 13) near 0.5 (green), metals (> 18) at 0.9-1 (blue),
-    as dual-energy consoles colour them. None (unknown) gives 1: a threat
-    of unknown material is shown as metal.
-    """
-    if zeff is None:
-        return 1.0
-    return float(np.interp(zeff, [6.0, 9.0, 10.5, 16.0, 18.5, 26.0], [0.0, 0.1, 0.4, 0.6, 0.9, 1.0]))
-
-
-def _project_on_curve(directions: np.ndarray, palette: PseudoColourPalette) -> np.ndarray:
-    """m of the point of the palette's direction polyline nearest each direction."""
-    dirs = palette.anchor_dirs
-    ms = palette.anchor_m
-    best_d2 = np.full(directions.shape[:-1], np.inf)
-    best_m = np.zeros(directions.shape[:-1])
-    for i in range(len(dirs) - 1):
-        a, b = dirs[i], dirs[i + 1]
-        ab = b - a
-        t = np.clip(((directions - a) @ ab) / float(ab @ ab), 0.0, 1.0)
-        d2 = ((directions - a - t[..., None] * ab) ** 2).sum(-1)
-        better = d2 < best_d2
-        best_d2 = np.where(better, d2, best_d2)
-        best_m = np.where(better, ms[i] + t * (ms[i + 1] - ms[i]), best_m)
-    return best_m
-
-
-def _opaque(rgb: np.ndarray, palette: PseudoColourPalette) -> np.ndarray:
-    hi = rgb.max(axis=-1).astype(np.int32)
-    lo = rgb.min(axis=-1).astype(np.int32)
-    return (hi < palette.opaque_max) & (hi - lo < palette.opaque_chroma)
-
-
-def estimate_pseudo_colour(
-    rgb: np.ndarray, *, palette: PseudoColourPalette = SIXRAY_PALETTE
-) -> tuple[np.ndarray, np.ndarray]:
-    """Invert a vendor pseudo-colour rendering to attenuation and material.
-
-    Model (see :class:`PseudoColourPalette`): each channel is ``white *
-    exp(-A * k_c(m))``. So ``L = -ln(rgb / white)`` per channel gives ``A =
-    mean(L)`` (brightness encodes transmission) and the direction ``L /
-    sum(L)`` gives ``m`` as the nearest point of the palette's curve (hue
-    encodes material: orange organic, green mixed, blue metal). Dark,
-    nearly grey pixels are opaque: ``m = 1`` and ``A >= opaque_attenuation``.
-
-    Limits: the vendor's real mapping is unknown; the SIXray palette is a
-    fit whose hue directions hold within a few per cent over the useful
-    range. 8-bit quantisation makes ``m`` unreliable where ``A < 0.2``
-    (near white, where it barely matters) and ``A`` biased low once a
-    channel reaches 0 (about ``A > 3`` for blue). JPEG ringing adds noise.
-    Nothing can be recovered behind opaque pixels.
-
-    Parameters
-    ----------
-    rgb : ndarray of uint8, shape (..., 3)
-    palette : PseudoColourPalette
-
-    Returns
-    -------
-    attenuation : ndarray of float32, shape (...), >= 0
-    material : ndarray of float32, shape (...), in [0, 1]
-    """
-    rgb = np.asarray(rgb)
-    if rgb.shape[-1] != 3:
-        raise ValueError(f"rgb must end in 3 channels, got shape {rgb.shape}")
-    logs = -np.log(np.clip(rgb.astype(np.float64), 0.5, palette.white) / palette.white)
-    total = logs.sum(axis=-1)
-    att = total / 3.0
-    directions = logs / np.maximum(total, 1e-12)[..., None]
-    material = np.where(total > 1e-9, _project_on_curve(directions, palette), 0.0)
-    opaque = _opaque(rgb, palette)
-    att = np.where(opaque, np.maximum(att, palette.opaque_attenuation), att)
-    material = np.where(opaque, 1.0, material)
-    return att.astype(np.float32), material.astype(np.float32)
-
-
-def render_pseudo_colour(
-    attenuation: np.ndarray,
-    material: np.ndarray,
-    *,
-    palette: PseudoColourPalette = SIXRAY_PALETTE,
-) -> np.ndarray:
-    """Render attenuation and material as 8-bit pseudo-colour RGB.
-
-    The inverse of :func:`estimate_pseudo_colour`: ``rgb_c = round(white *
-    exp(-A * k_c(m)))``. Round trips within a few hundredths of ``A`` and
-    ``m`` for ``0.2 <= A <= 2.5``.
-
-    Parameters
-    ----------
-    attenuation : ndarray, shape (...), >= 0
-    material : ndarray, shape (...), in [0, 1] (broadcast against A)
-    palette : PseudoColourPalette
-
-    Returns
-    -------
-    ndarray of uint8, shape (..., 3)
-    """
-    att = np.maximum(np.asarray(attenuation, np.float64), 0.0)
-    k = palette.direction(np.broadcast_to(np.asarray(material, np.float64), att.shape))
-    rgb = palette.white * np.exp(-att[..., None] * k)
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-
-
 def project_into_rendering(
     scan: Scan,
     signature: ThreatSignature,
