@@ -14,9 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# The main job. Until the service lands: describe every sample scan.
+# The main job. Until the service lands: describe every sample scan, then
+# calibrate each with its scanner's profile and write the operator's view.
 run: $(STAMP)
 	$(BIN)/nii info sample_scans
+	$(BIN)/nii render sample_scans --out runs/operator-view
 
 # pytest exits 5 when it collects no test; that is not a failure of the code.
 test: $(STAMP)

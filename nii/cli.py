@@ -124,10 +124,11 @@ def cmd_render(args: argparse.Namespace) -> int:
         profile = load_profile(profile_path) if profile_path and Path(profile_path).exists() else None
         calibrated = calibrate_scan(scan, profile)
         if calibrated.attenuation.ndim != 3 or scan.kind.value == "ct_volume":
-            print(f"{source.path}  SKIPPED: CT volumes are rendered by the pipeline's slice views")
+            print(f"{source.path}  SKIPPED: the rendering tools take 2D projections; CT slice views are not built yet")
             continue
         rgb = render(calibrated, tool=args.tool, window=tuple(args.window) if args.window else None)
-        target = out / f"{Path(source.path).stem}-{args.tool}.png"
+        # The whole name (suffix too), so bag.jpg and bag.png do not overwrite each other.
+        target = out / f"{Path(source.path).name.replace('.', '-')}-{args.tool}.png"
         cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         print(f"{target}  {calibrated.profile_id}")
     return 1 if refused else 0

@@ -173,4 +173,4 @@ def test_cli_build_check_and_render(tmp_path: Path) -> None:
     rendered = run_cli("render", str(REPO / "sample_scans" / "bag-threat.json"), "--out", str(tmp_path / "r"),
                        "--profile", str(tmp_path / "p.npz"))
     assert rendered.returncode == 0, rendered.stderr
-    assert (tmp_path / "r" / "bag-threat-colour.png").is_file() and "baggage-dual-kvp/v1/" in rendered.stdout
+    assert (tmp_path / "r" / "bag-threat-json-colour.png").is_file() and "baggage-dual-kvp/v1/" in rendered.stdout
