@@ -174,3 +174,18 @@ def test_cli_build_check_and_render(tmp_path: Path) -> None:
                        "--profile", str(tmp_path / "p.npz"))
     assert rendered.returncode == 0, rendered.stderr
     assert (tmp_path / "r" / "bag-threat-json-colour.png").is_file() and "baggage-dual-kvp/v1/" in rendered.stdout
+
+
+def test_mev_cargo_material_discrimination() -> None:
+    # At 4/6 MV R falls with Z (pair production), the reverse of keV beams.
+    profile = build_profile(ACQUISITIONS / "cargo-linac")
+    assert not profile.material.rising and check_profile(profile)["zeff_mae"] <= 0.5
+    scanner = load_scanner("cargo-linac")
+    areal = np.zeros((2, 64, scanner.detector_elements), np.float32)
+    areal[0, :, 50:250] = 40.0  # 40 cm of water
+    areal[1, :, 350:550] = 7.87 * 10.0  # 10 cm of iron
+    scan, _ = slab_scan(scanner, areal, ["water", "iron"], seed=4)
+    calibrated = Calibrator(profile)(scan)
+    assert np.median(calibrated.zeff[:, 80:220]) == pytest.approx(7.4, abs=1.0)
+    assert np.median(calibrated.zeff[:, 380:520]) == pytest.approx(26.0, abs=2.0)
+    assert (calibrated.material_class[:, 380:520] == MaterialClass.METAL).mean() > 0.8

@@ -144,8 +144,9 @@ class MaterialCalibration:
             raise ValueError("zeff must be finite and strictly increasing")
         if not (np.all(np.isfinite(a_high)) and a_high[0] > 0 and np.all(np.diff(a_high) > 0)):
             raise ValueError("a_high must be finite, > 0 and strictly increasing")
-        if not (np.all(np.isfinite(ratio)) and np.all(ratio > 0) and np.all(np.diff(ratio, axis=0) > 0)):
-            raise ValueError("ratio must be finite, > 0 and strictly increasing from material to material")
+        step = np.diff(ratio, axis=0)
+        if not (np.all(np.isfinite(ratio)) and np.all(ratio > 0) and (np.all(step > 0) or np.all(step < 0))):
+            raise ValueError("ratio must be finite, > 0 and strictly monotone from material to material")
         if not (np.all(np.isfinite(areal)) and np.all(areal > 0)):
             raise ValueError("areal_density must be finite and > 0 g/cm^2")
         try:
@@ -161,6 +162,12 @@ class MaterialCalibration:
             if isinstance(value, np.ndarray):
                 value.flags.writeable = False
             object.__setattr__(self, name, value)
+
+    @property
+    def rising(self) -> bool:
+        """True when R rises with Zeff (keV: photoelectric effect); False when
+        it falls (MeV cargo beams: pair production grows as Z^2)."""
+        return bool(self.ratio[-1, 0] > self.ratio[0, 0])
 
     def to_arrays(self) -> dict[str, np.ndarray]:
         """The calibration as plain arrays, for ``np.savez`` (no pickling needed)."""
@@ -464,8 +471,14 @@ def fit_material_calibration(
         log_a = np.log(a_high)
         ratio[i] = _resampled(log_grid, log_a, r, right_slope=0.5)  # half the secant: see Notes
         areal[i] = np.exp(_resampled(log_grid, log_a, np.log(rho_t), right_slope=1.0))
+    # keV beams: R rises with Z; MeV beams: it falls (pair production).
+    # Keep the curves apart in whichever order the wedges measured.
+    rising = ratio[-1].mean() > ratio[0].mean()
     for i in range(1, ratio.shape[0]):
-        ratio[i] = np.maximum(ratio[i], ratio[i - 1] + _MIN_RATIO_GAP)
+        if rising:
+            ratio[i] = np.maximum(ratio[i], ratio[i - 1] + _MIN_RATIO_GAP)
+        else:
+            ratio[i] = np.minimum(ratio[i], ratio[i - 1] - _MIN_RATIO_GAP)
     return MaterialCalibration(
         materials=tuple(curve[1] for curve in curves),
         zeff=zeff,
@@ -538,6 +551,8 @@ def estimate_zeff(
     log_areal = np.log(calibration.areal_density)
     log_z = np.log(calibration.zeff)[:, None]
     a0 = calibration.a_high[0]
+    # Interpolate on R where it rises with Z, on -R where it falls (MeV).
+    sign = 1.0 if calibration.rising else -1.0
     for start in range(0, high.size, _BLOCK):
         stop = min(start + _BLOCK, high.size)
         ah = np.where(np.isnan(high[start:stop]), np.inf, high[start:stop])
@@ -546,11 +561,11 @@ def estimate_zeff(
         u = np.log(np.clip(ah, a0, calibration.a_high_max))
         j = np.clip(np.searchsorted(log_grid, u, side="right") - 1, 0, log_grid.size - 2)
         t = np.clip((u - log_grid[j]) / (log_grid[j + 1] - log_grid[j]), 0.0, 1.0)
-        r_nodes = calibration.ratio[:, j] * (1 - t) + calibration.ratio[:, j + 1] * t  # (M, n)
+        r_nodes = sign * (calibration.ratio[:, j] * (1 - t) + calibration.ratio[:, j + 1] * t)  # (M, n)
         rho_nodes = np.exp(log_areal[:, j] * (1 - t) + log_areal[:, j + 1] * t)
         with np.errstate(divide="ignore", invalid="ignore"):
             r = al / ah
-        r = np.where(np.isnan(r), np.inf, r)
+        r = sign * np.where(np.isnan(r), sign * np.inf, r)
         slopes = _pchip_slopes(r_nodes, log_z)
         log_zeff, k, w = _hermite(r_nodes, np.broadcast_to(log_z, r_nodes.shape), slopes, r[None, :])
         rho0 = np.take_along_axis(rho_nodes, k, 0)
@@ -684,8 +699,8 @@ def material_lookup(
         top = math.nan
     if not (math.isfinite(top) and a_min < top <= _LUT_TOP_A):
         raise ValueError(f"a_max must be a number in ({a_min:g}, {_LUT_TOP_A:g}], got {a_max!r}")
-    r_min = float(calibration.ratio[0].min())
-    r_max = float(calibration.ratio[-1].max())
+    r_min = float(calibration.ratio.min())
+    r_max = float(calibration.ratio.max())
     a_shift = _shift_for(a_min, top, int(n_a))
     r_shift = _shift_for(r_min, r_max, int(n_r))
     # Row 1 starts at the bin holding a_min (exactly at it when a_min is a
