@@ -97,3 +97,10 @@ def test_sample_scans_are_all_readable(capsys: pytest.CaptureFixture[str]) -> No
     assert {row["format"] for row in rows} == {"raw", "dicos", "png", "jpeg"}
     assert by_name["bag-threat.json"]["energies_kv"] == [80.0, 160.0]
     assert min(by_name["container.json"]["energies_kv"]) >= 1000  # a MeV cargo linac
+
+
+def test_walking_calibration_folders_lists_only_scans(capsys: pytest.CaptureFixture[str]) -> None:
+    # profile.npz files sit beside the acquisitions; they are not scans.
+    assert main(["info", str(REPO / "calibration" / "baggage-dual-kvp")]) == 0
+    out = capsys.readouterr().out
+    assert "REFUSED" not in out and "profile.npz" not in out and "air.json" in out

@@ -154,6 +154,8 @@ def _scans_in_folder(folder: Path, names: list[str]) -> Iterator[ScanSource]:
     # Other JSON beside scans (annotations, results, manifests) is not a scan;
     # given explicitly it is still read, and refused with its reason.
     files = [f for f in files if f.suffix.lower() != ".json" or f in sidecars]
+    # Likewise NPZ archives that hold no scan arrays (calibration profiles).
+    files = [f for f in files if f.suffix.lower() != ".npz" or arrays.holds_scan(f)]
     series: dict[str, list[Path]] = defaultdict(list)
     singles: list[Path] = []
     for f in files:

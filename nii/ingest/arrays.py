@@ -14,7 +14,7 @@ from nii.ingest.errors import CorruptScanError, UnsupportedScanError, refuse_on_
 from nii.ingest.limits import ReadLimits, check_pixel_budget
 from nii.scan import Scan, ScanFormat, ScanKind
 
-__all__ = ["infer_kind", "scan_from_array", "read_npy", "read_npz", "write_npy", "write_npz"]
+__all__ = ["infer_kind", "scan_from_array", "read_npy", "read_npz", "write_npy", "write_npz", "holds_scan"]
 
 
 def infer_kind(shape: tuple[int, ...], dtype: np.dtype) -> ScanKind:
@@ -142,6 +142,18 @@ def read_npz(path: str | os.PathLike, *, limits: ReadLimits = ReadLimits()) -> S
         else:
             raise UnsupportedScanError(f"NPZ holds {sorted(names)}; expected 'counts' or 'low' and 'high'")
         return scan_from_array(array, header=header, source_format=ScanFormat.NPZ, source_path=str(path))
+
+
+def holds_scan(path: str | os.PathLike) -> bool:
+    """True if an ``.npz`` holds the arrays :func:`read_npz` reads (or is unreadable,
+    so that reading it reports why); False for other archives, such as
+    calibration profiles, that sit beside scans."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = {Path(n).stem for n in archive.namelist()}
+    except (OSError, zipfile.BadZipFile):
+        return True
+    return "counts" in names or {"low", "high"} <= names
 
 
 def write_npy(scan: Scan, path: str | os.PathLike) -> None:
