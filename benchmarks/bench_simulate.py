@@ -16,14 +16,15 @@ import time
 import numpy as np
 
 from nii.simulate import detector, scenes
-from nii.simulate.engine import _densities, simulate_dataset
+from nii.simulate.engine import simulate_dataset
+from nii.simulate.physics import nominal_densities
 from nii.simulate.scanner import load_scanner, transmission
 
 
 def stage_times(repeats: int) -> dict[str, float]:
     """Median milliseconds of each stage for one bag, on one core."""
     scanner = load_scanner("baggage-dual-kvp")
-    densities = _densities()
+    densities = nominal_densities()
     times: dict[str, list[float]] = {"scene": [], "areal density": [], "transmission": [], "detector": []}
     for i in range(repeats):
         rng = np.random.default_rng([7, i])

@@ -241,6 +241,13 @@ class Scan:
             raise ValueError(f"scan {self.scan_id} is {self.kind.value}, not dual_energy")
 
     @property
+    def channels(self) -> np.ndarray:
+        """Projection counts as ``(channels, rows, cols)``: a view, 1 or 2 channels."""
+        if self.kind in (ScanKind.PSEUDO_COLOUR, ScanKind.CT_VOLUME):
+            raise ValueError(f"scan {self.scan_id} is {self.kind.value}, not an energy-channel projection")
+        return self.counts if self.kind is ScanKind.DUAL_ENERGY else self.counts[None]
+
+    @property
     def spatial_shape(self) -> tuple[int, ...]:
         """Shape of the image or volume without the channel axis."""
         if self.kind is ScanKind.DUAL_ENERGY:

@@ -105,7 +105,7 @@ class Calibrator:
                           + np.float32(self.profile.hu_intercept))
             return CalibratedScan(scan, hounsfield, np.zeros(scan.counts.shape, bool), scan.spacing_mm,
                                   self.profile.profile_id)
-        counts = scan.counts if scan.kind is ScanKind.DUAL_ENERGY else scan.counts[None]
+        counts = scan.channels
         attenuation = np.empty(counts.shape, np.float32)
         opaque = np.empty(counts.shape[1:], bool)
         dual = counts.shape[0] == 2 and self._lookup is not None
@@ -223,7 +223,7 @@ def calibrate_uncalibrated(scan: Scan) -> CalibratedScan:
         slope, intercept = scan.rescale
         values = scan.counts.astype(np.float32) * np.float32(slope) + np.float32(intercept)
         return CalibratedScan(scan, values, np.zeros(values.shape, bool), scan.spacing_mm, UNCALIBRATED)
-    counts = (scan.counts if scan.kind is ScanKind.DUAL_ENERGY else scan.counts[None]).astype(np.float32)
+    counts = scan.channels.astype(np.float32)
     air = np.percentile(counts, _SELF_AIR_PERCENTILE, axis=1, keepdims=True)
     transmission = np.clip(counts / np.maximum(air, 1.0), _SELF_MIN_TRANSMISSION, 1.0)
     attenuation = -np.log(transmission)

@@ -225,8 +225,7 @@ def load_profile(path: str | os.PathLike) -> CalibrationProfile:
 
 
 def _channels_first(scan: Scan) -> np.ndarray:
-    counts = np.asarray(scan.counts, dtype=np.float32)
-    return counts if scan.kind is ScanKind.DUAL_ENERGY else counts[None]
+    return np.asarray(scan.channels, dtype=np.float32)
 
 
 def _read(folder: Path, name: str) -> Scan:

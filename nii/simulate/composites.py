@@ -20,7 +20,7 @@ from nii.ingest.raw import write_raw
 from nii.scan import Scan, ScanKind
 from nii.simulate import annotations as gt
 from nii.simulate import scenes, tip
-from nii.simulate.physics import MATERIALS
+from nii.simulate.physics import nominal_densities
 from nii.simulate.scanner import ScannerModel, load_scanner
 from nii.simulate.scene import THREAT_CATEGORIES
 
@@ -37,7 +37,7 @@ def simulated_signatures(scanner: ScannerModel, rng: np.random.Generator, *, n: 
     Draws threat-bearing bag scenes and takes each threat group (an IED's
     charge, wires and battery stay together) as one signature.
     """
-    densities = {name: m.density_g_cm3 for name, m in MATERIALS.items()}
+    densities = nominal_densities()
     signatures: list[tip.ThreatSignature] = []
     while len(signatures) < n:
         scene = scenes.bag_scene(rng, shape=(768, scanner.detector_elements), pixel_mm=scanner.pixel_mm,

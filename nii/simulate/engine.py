@@ -27,7 +27,7 @@ from nii.ingest.raw import write_raw
 from nii.scan import Scan, ScanKind
 from nii.simulate import annotations as gt
 from nii.simulate import detector, scenes
-from nii.simulate.physics import MATERIALS
+from nii.simulate.physics import nominal_densities
 from nii.simulate.scanner import ScannerModel, load_scanner, transmission
 from nii.simulate.scene import Scene, VolumeScene
 
@@ -63,10 +63,6 @@ STEP_WEDGES: Mapping[str, Mapping[str, tuple[float, ...]]] = {
 def default_scene(scanner: ScannerModel) -> str:
     """The scene a scanner is built for: ct, cargo, or bag for line scanners."""
     return {"ct": "ct", "cargo": "cargo"}.get(scanner.kind, "bag")
-
-
-def _densities() -> dict[str, float]:
-    return {name: material.density_g_cm3 for name, material in MATERIALS.items()}
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -159,7 +155,7 @@ def _simulate_projection(
     acquired_at: datetime,
     shape: tuple[int, int],
 ) -> SimulatedScan:
-    densities = _densities()
+    densities = nominal_densities()
     if scene == "cargo":
         layout = scenes.cargo_scene(rng, pixel_mm=scanner.pixel_mm, shape=shape)
     else:
@@ -227,7 +223,7 @@ def _simulate_ct(
     acquired_at: datetime,
     shape: tuple[int, ...] | None,
 ) -> SimulatedScan:
-    densities = _densities()
+    densities = nominal_densities()
     options = {"shape": tuple(shape)} if shape else {}
     layout = scenes.ct_scene(rng, voxel_mm=tuple(scanner.ct_voxel_mm), threat_rate=threat_rate, **options)
     stored = detector.ct_reconstruct(layout, scanner, rng)

@@ -26,6 +26,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 __all__ = [
+    "nominal_densities",
     "Material",
     "MATERIALS",
     "mass_attenuation",
@@ -121,6 +122,11 @@ def _elemental_fractions(composition: str) -> tuple[tuple[int, float, float], ..
     return tuple(
         (int(xraydb.atomic_number(el)), float(xraydb.atomic_mass(el)), w) for el, w in sorted(by_element.items())
     )
+
+
+def nominal_densities() -> dict[str, float]:
+    """Each material's nominal density (g/cm^3), keyed as :data:`MATERIALS`."""
+    return {name: material.density_g_cm3 for name, material in MATERIALS.items()}
 
 
 def _m(name: str, composition: str, density: float, description: str) -> tuple[str, Material]:
