@@ -106,8 +106,8 @@ def cmd_render(args: argparse.Namespace) -> int:
     """Calibrate scans and write the operator's rendering as PNG."""
     import cv2
 
-    from nii.calibrate.correct import calibrate_scan
-    from nii.calibrate.profile import default_profile_path, load_profile
+    from nii.calibrate.correct import calibrate_scan, calibrate_with_scanner_profile
+    from nii.calibrate.profile import load_profile
     from nii.calibrate.render import render
 
     refused = 0
@@ -120,9 +120,10 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"{source.path}  REFUSED: {err.reason}")
             refused += 1
             continue
-        profile_path = args.profile or (default_profile_path(scan.scanner_id) if scan.scanner_id else None)
-        profile = load_profile(profile_path) if profile_path and Path(profile_path).exists() else None
-        calibrated = calibrate_scan(scan, profile)
+        if args.profile:
+            calibrated = calibrate_scan(scan, load_profile(args.profile))
+        else:
+            calibrated = calibrate_with_scanner_profile(scan)
         if calibrated.attenuation.ndim != 3 or scan.kind.value == "ct_volume":
             print(f"{source.path}  SKIPPED: the rendering tools take 2D projections; CT slice views are not built yet")
             continue
@@ -132,6 +133,64 @@ def cmd_render(args: argparse.Namespace) -> int:
         cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
         print(f"{target}  {calibrated.profile_id}")
     return 1 if refused else 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a detector from a config and publish it to the registry."""
+    from nii.detect.registry import MODELS_ROOT
+    from nii.detect.train import train
+
+    identity = train(args.config, models_root=args.models or MODELS_ROOT, max_steps=args.max_steps,
+                     device=args.device, progress=not args.quiet)
+    print(f"published {identity.name} {identity.version} sha256 {identity.sha256}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Evaluate a model on a box or image-level data set."""
+    from nii.detect.datasets import is_image_level, read_box_dataset, read_image_level
+    from nii.detect.evaluate import evaluate_image_level, evaluate_samples
+    from nii.detect.registry import MODELS_ROOT, load_detector
+
+    if not Path(args.dataset).exists():
+        raise ValueError(f"{args.dataset}: no such data set")
+    detector = load_detector(args.model, args.version, args.models or MODELS_ROOT)
+    threshold = args.threshold
+    if threshold is None:
+        threshold = detector.operating_points.get("default", {}).get("threshold")
+    progress = not (args.quiet or args.json)
+    if is_image_level(args.dataset):
+        result = evaluate_image_level(detector, read_image_level(args.dataset), threshold=threshold, progress=progress)
+    else:
+        samples = read_box_dataset(args.dataset, args.split)
+        if not samples:
+            raise ValueError(f"{args.dataset}: the data set holds no scans")
+        result = evaluate_samples(detector, samples, threshold=threshold, progress=progress)
+    result = {"dataset": str(args.dataset), "model": f"{detector.identity.name} {detector.identity.version}",
+              "model_sha256": detector.identity.sha256, **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            print(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """List registered models, verifying each artifact."""
+    from nii.detect.registry import MODELS_ROOT, ModelArtifactError, list_models, open_artifact
+
+    root = args.models or MODELS_ROOT
+    broken = 0
+    for name, versions in sorted(list_models(root).items()):
+        for version in sorted(versions):
+            try:
+                artifact = open_artifact(name, version, root)
+                status = f"ok  {artifact.card.get('kind')}  classes: {', '.join(artifact.card.get('classes', []))}"
+            except ModelArtifactError as err:
+                status, broken = f"REFUSED: {err}", broken + 1
+            print(f"{name} {version}  sha256 {versions[version][:16]}  {status}")
+    return 1 if broken else 0
 
 
 def _rate(text: str) -> float:
@@ -225,6 +284,30 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attenuation window for the window tool")
     render.add_argument("--profile", help="profile file (default calibration/<scanner>/profile.npz if present)")
     render.set_defaults(run=cmd_render)
+
+    train = commands.add_parser("train", help="train a detector from a config and publish it under models/")
+    train.add_argument("config", metavar="CONFIG", help="training config (TOML), e.g. configs/contraband-fcos.toml")
+    train.add_argument("--device", choices=["cpu", "cuda"], help="default: the GPU when there is one")
+    train.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (quick checks)")
+    train.add_argument("--models", help="registry folder to publish into (default the repository's models/)")
+    train.add_argument("--quiet", action="store_true", help="no progress bars")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="mAP, Pd/Pfa and speed of a model on a data set")
+    evaluate.add_argument("dataset", metavar="DATASET",
+                          help="Pascal VOC, YOLO or COCO set, a simulated set, or a folder with clear/ and threat/")
+    evaluate.add_argument("--model", default="contraband-fcos", help="registered model (default %(default)s)")
+    evaluate.add_argument("--version", help="model version (default the newest)")
+    evaluate.add_argument("--split", help="Pascal VOC split (ImageSets/Main/SPLIT.txt); default all")
+    evaluate.add_argument("--threshold", type=float, help="alarm threshold (default the model's operating point)")
+    evaluate.add_argument("--models", help="registry folder (default the repository's models/)")
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
+    evaluate.set_defaults(run=cmd_evaluate)
+
+    models = commands.add_parser("models", help="list registered models and verify their hashes")
+    models.add_argument("--models", help="registry folder (default the repository's models/)")
+    models.set_defaults(run=cmd_models)
     return parser
 
 

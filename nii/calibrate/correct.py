@@ -22,6 +22,7 @@ air region, with no Zeff, never silently wrong numbers.
 from __future__ import annotations
 
 import math
+import os
 from concurrent.futures import ThreadPoolExecutor
 
 import cv2
@@ -29,10 +30,10 @@ import numpy as np
 
 from nii.calibrate import material as materials
 from nii.calibrate.calibrated import UNCALIBRATED, CalibratedScan, classify_zeff
-from nii.calibrate.profile import CalibrationProfile, ProfileError
+from nii.calibrate.profile import CalibrationProfile, ProfileError, default_profile_path, load_profile
 from nii.scan import Scan, ScanKind
 
-__all__ = ["Calibrator", "calibrate_scan", "calibrate_uncalibrated"]
+__all__ = ["Calibrator", "calibrate_scan", "calibrate_with_scanner_profile", "calibrate_uncalibrated"]
 
 # The uncalibrated path takes each element's air level as a high percentile
 # of its own line: line scans always start and end on the empty belt.
@@ -204,6 +205,20 @@ def calibrate_scan(scan: Scan, profile: CalibrationProfile | None, *, workers: i
     if profile is None:
         return calibrate_uncalibrated(scan)
     return Calibrator(profile, workers=workers)(scan)
+
+
+def calibrate_with_scanner_profile(scan: Scan, profile_root: str | os.PathLike = "calibration") -> CalibratedScan:
+    """Calibrate ``scan`` with its scanner's profile under ``profile_root``.
+
+    The profile is ``profile_root/<scanner_id>/profile.npz``; scans with no
+    scanner id, or whose scanner has no profile there, take the labelled
+    uncalibrated path (pseudo-colour archives: the palette estimate). This is
+    how the CLI, training and evaluation all turn a scan into what the
+    detectors see, so they agree.
+    """
+    path = default_profile_path(scan.scanner_id, profile_root) if scan.scanner_id else None
+    profile = load_profile(path) if path is not None and path.exists() else None
+    return calibrate_scan(scan, profile)
 
 
 def calibrate_uncalibrated(scan: Scan) -> CalibratedScan:

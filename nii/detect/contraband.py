@@ -1,0 +1,109 @@
+"""The supervised contraband detector: FCOS over the detector image.
+
+:class:`ContrabandDetector` implements :class:`~nii.detect.regions.Detector`:
+``detect(calibrated)`` renders :func:`~nii.detect.inputs.detector_image`,
+runs the network (on the GPU when there is one) and returns
+:class:`~nii.detect.regions.Region` objects carrying the artifact's identity.
+"""
+
+from __future__ import annotations
+
+import io
+import tomllib
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from nii.calibrate.calibrated import CalibratedScan
+from nii.detect.fcos import best_device, fcos_plain
+from nii.detect.inputs import detector_image
+from nii.detect.regions import ModelIdentity, Region
+
+__all__ = ["ContrabandDetector", "build_model", "image_tensor"]
+
+
+def build_model(model_config: Mapping[str, Any], num_classes: int, *, training: bool = False) -> torch.nn.Module:
+    """The network a config's ``[model]`` table describes (random weights).
+
+    ``train_min_sizes`` (several short-side sizes) apply when ``training``;
+    otherwise ``min_size``.
+    """
+    keys = ("widths", "depths", "fpn_channels", "head_convs", "max_size")
+    options = {k: (tuple(model_config[k]) if isinstance(model_config[k], list) else model_config[k])
+               for k in keys if k in model_config}
+    sizes = model_config.get("train_min_sizes") if training else None
+    options["min_size"] = tuple(sizes) if sizes else model_config.get("min_size", 320)
+    if model_config.get("architecture", "fcos-plain") != "fcos-plain":
+        raise ValueError(f"unknown architecture {model_config['architecture']!r}; this version builds fcos-plain")
+    return fcos_plain(num_classes, **options)
+
+
+def image_tensor(image: np.ndarray) -> torch.Tensor:
+    """(rows, cols, 3) uint8 RGB to the (3, rows, cols) float tensor in [0, 1] the model takes."""
+    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+
+
+class ContrabandDetector:
+    """A trained FCOS contraband detector.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        A torchvision FCOS with weights loaded.
+    classes : sequence of str
+        Class of each label (label ``i + 1`` is ``classes[i]``).
+    identity : ModelIdentity
+    min_score : float
+        Regions scoring below this are dropped. Low (0.05) by default so
+        evaluation sees the whole Pd/Pfa curve; the pipeline's operating
+        point decides what alarms.
+    device : torch.device, optional
+        Default: the GPU when there is one.
+    operating_points : mapping, optional
+        From the model card: name -> {"threshold": ..., ...}.
+    """
+
+    def __init__(self, model: torch.nn.Module, classes: Sequence[str], identity: ModelIdentity, *,
+                 min_score: float = 0.05, device: torch.device | str | None = None,
+                 operating_points: Mapping[str, Mapping[str, float]] | None = None):
+        self.device = torch.device(device) if device is not None else best_device()
+        self.model = model.to(self.device).eval()
+        self.classes = tuple(classes)
+        self.identity = identity
+        self.min_score = min_score
+        self.operating_points = dict(operating_points or {})
+
+    @classmethod
+    def from_artifact(cls, artifact: Any, *, device: torch.device | str | None = None,
+                      min_score: float = 0.05) -> ContrabandDetector:
+        """Build from a verified :class:`~nii.detect.registry.ModelArtifact`."""
+        config = tomllib.loads(artifact.read("config.toml").decode())
+        classes = artifact.card["classes"]
+        model = build_model(config["model"], len(classes))
+        state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return cls(model, classes, artifact.identity, min_score=min_score, device=device,
+                   operating_points=artifact.card.get("operating_points"))
+
+    def detect(self, calibrated: CalibratedScan) -> list[Region]:
+        """Regions in one calibrated 2D scan, highest score first."""
+        return self.detect_images([detector_image(calibrated)])[0]
+
+    @torch.inference_mode()
+    def detect_images(self, images: Sequence[np.ndarray]) -> list[list[Region]]:
+        """Regions for each of several detector images (one batch)."""
+        outputs = self.model([image_tensor(image).to(self.device) for image in images])
+        results = []
+        for output in outputs:
+            keep = output["scores"] >= self.min_score
+            boxes = output["boxes"][keep].cpu().numpy()
+            scores = output["scores"][keep].cpu().numpy()
+            labels = output["labels"][keep].cpu().numpy()
+            results.append([
+                Region(self.classes[label - 1], float(score), tuple(float(v) for v in box), self.identity)
+                for box, score, label in zip(boxes, scores, labels)
+                if 1 <= label <= len(self.classes)
+            ])
+        return results

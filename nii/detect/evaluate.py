@@ -1,0 +1,127 @@
+"""``nii evaluate``: a detector's mAP, Pd/Pfa and speed on a data set.
+
+Every scan goes through the pipeline's own path: read, calibrate with its
+scanner's profile, :func:`~nii.detect.inputs.detector_image`, detect. A
+scan's screening score is its highest region score; a scan is a threat
+scan when its ground truth holds any box of a detector class (or when it
+sits under ``threat/`` in an image-level set).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from nii.detect.datasets import BoxSample, ImageLabel, load_sample
+from nii.detect.metrics import box_metrics, screening_metrics, threshold_at_pfa
+
+__all__ = ["predict", "evaluate_samples", "evaluate_image_level", "evaluate_sets"]
+
+
+def predict(detector: Any, samples: Sequence[BoxSample | ImageLabel], *, progress: bool = True,
+            desc: str = "evaluate") -> tuple[list[tuple[np.ndarray, np.ndarray, list[str]]], list[np.ndarray], float]:
+    """Run ``detector`` over samples.
+
+    Returns
+    -------
+    predictions : list of (boxes, scores, classes)
+    truth_boxes : list of ndarray
+        Ground-truth boxes scaled to the detector image (empty for image-level labels).
+    ms_per_image : float
+        Median detection time per scan (image in, regions out).
+    """
+    predictions, truths, times = [], [], []
+    for sample in tqdm(samples, desc=desc, unit="scan", disable=not progress):
+        image, boxes = load_sample(sample.path, getattr(sample, "boxes", None))
+        started = time.perf_counter()
+        regions = detector.detect_images([image])[0]
+        times.append(time.perf_counter() - started)
+        predictions.append((np.array([r.box for r in regions], np.float32).reshape(-1, 4),
+                            np.array([r.score for r in regions], np.float32),
+                            [r.class_name for r in regions]))
+        truths.append(boxes)
+    return predictions, truths, 1000 * float(np.median(times)) if times else 0.0
+
+
+def _score(prediction: tuple[np.ndarray, np.ndarray, list[str]]) -> float:
+    return float(prediction[1].max()) if prediction[1].size else 0.0
+
+
+def _round(value: Any) -> Any:
+    if isinstance(value, float):
+        return round(value, 4)
+    if isinstance(value, dict):
+        return {k: _round(v) for k, v in value.items()}
+    return value
+
+
+def evaluate_samples(detector: Any, boxed: Sequence[BoxSample], clear: Sequence[BoxSample] = (), *,
+                     threshold: float | None = None, progress: bool = True) -> dict[str, Any]:
+    """Box and screening metrics over a box set plus optional extra clear scans.
+
+    mAP is over ``boxed`` (its clear scans included, as in the set); Pd/Pfa
+    over all scans. ``threshold`` is the operating point; without one, the
+    threshold giving 5% false alarms on these clear scans is reported.
+    """
+    samples = list(boxed) + list(clear)
+    predictions, truths, ms = predict(detector, samples, progress=progress)
+    result: dict[str, Any] = {"scans": len(samples)}
+    boxed_truths = [(truths[i], list(samples[i].classes)) for i in range(len(boxed))]
+    if any(len(c) for _, c in boxed_truths):
+        result.update(box_metrics(predictions[:len(boxed)], boxed_truths, detector.classes))
+    threat = [len(s.classes) > 0 for s in samples]
+    if any(threat) and not all(threat):
+        result.update(screening_metrics([_score(p) for p in predictions], threat, threshold=threshold))
+    result["ms_per_image"] = ms
+    return _round(result)
+
+
+def evaluate_image_level(detector: Any, labels: Sequence[ImageLabel], *, threshold: float | None = None,
+                         progress: bool = True) -> dict[str, Any]:
+    """Screening metrics over a ``clear/`` + ``threat/`` set."""
+    predictions, _, ms = predict(detector, labels, progress=progress)
+    result = screening_metrics([_score(p) for p in predictions], [label.threat for label in labels],
+                               threshold=threshold)
+    return _round({"scans": len(labels), **result, "ms_per_image": ms})
+
+
+def evaluate_sets(detector: Any, config: Mapping[str, Any], *, cache: str | os.PathLike = "runs/cache",
+                  progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Metrics on each ``[[evaluate]]`` set of a training config, and the operating points.
+
+    The operating point's threshold is set on ``operating_point.set`` (a
+    validation set, never a held-out one) at ``operating_point.pfa``; every
+    set's Pd/Pfa is then reported at that threshold. Sets whose data is
+    absent are recorded as skipped.
+    """
+    from nii.detect.train import resolve_data
+
+    resolved, metrics = {}, {}
+    for entry in config.get("evaluate", []):
+        try:
+            boxed = [s for spec in entry["boxes"] for s in resolve_data(spec, cache=cache, progress=progress)]
+            clear = [s for spec in entry.get("clear", []) for s in resolve_data(spec, cache=cache, progress=progress)]
+        except FileNotFoundError as err:
+            metrics[entry["name"]] = {"skipped": str(err)}
+            continue
+        resolved[entry["name"]] = (boxed, clear)
+
+    point = config.get("operating_point", {})
+    point_set, pfa = point.get("set"), float(point.get("pfa", 0.05))
+    operating_points: dict[str, Any] = {}
+    threshold = None
+    if point_set in resolved:
+        boxed, clear = resolved[point_set]
+        samples = boxed + clear
+        predictions, _, _ = predict(detector, samples, progress=progress, desc=f"operating point on {point_set}")
+        clear_scores = [_score(p) for p, s in zip(predictions, samples) if not s.classes]
+        threshold = threshold_at_pfa(clear_scores, pfa)
+        operating_points["default"] = {"threshold": round(threshold, 6), "pfa_target": pfa, "set_on": point_set}
+    for name, (boxed, clear) in resolved.items():
+        metrics[name] = evaluate_samples(detector, boxed, clear, threshold=threshold, progress=progress)
+    return metrics, operating_points

@@ -1,0 +1,146 @@
+"""What every detector returns: regions, each naming the model that made it.
+
+A :class:`Region` is the detection stage's potential threat object: a class,
+a score, a box in pixels (2D) or voxels (3D), an optional mask, and the
+:class:`ModelIdentity` (name, version, sha256) of the model or rule that
+found it. Courts and certification authorities ask which model made an
+alert; the identity travels with the region so nothing downstream can lose
+it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from nii.calibrate.calibrated import CalibratedScan
+
+__all__ = [
+    "THREAT_CLASSES",
+    "CLASS_ALIASES",
+    "ModelIdentity",
+    "Region",
+    "Detector",
+    "canonical_class",
+    "dicos_category",
+]
+
+# The contraband detector's classes and the DICOS threat category of each
+# (NEMA IIC 1 Threat Category: EXPLOSIVE, PROHIBITED_ITEM, CONTRABAND,
+# ANOMALY, OTHER). Order matters: it is the label index order of the
+# shipped models (label 0 is background in torchvision detectors).
+THREAT_CLASSES: Mapping[str, str] = {
+    "firearm": "PROHIBITED_ITEM",
+    "knife": "PROHIBITED_ITEM",
+    "wrench": "OTHER",
+    "explosive": "EXPLOSIVE",
+    "narcotics": "CONTRABAND",
+}
+
+# Names data sets and the data engine use, to the classes above. SIXray says
+# Gun/Knife/Wrench; the simulator handgun/gun_part; GDXray razor_blade.
+CLASS_ALIASES: Mapping[str, str] = {
+    "gun": "firearm",
+    "handgun": "firearm",
+    "pistol": "firearm",
+    "gun_part": "firearm",
+    "firearm": "firearm",
+    "knife": "knife",
+    "blade": "knife",
+    "razor_blade": "knife",
+    "wrench": "wrench",
+    "explosive": "explosive",
+    "ied": "explosive",
+    "narcotics": "narcotics",
+    "drugs": "narcotics",
+}
+
+
+def canonical_class(name: str) -> str | None:
+    """The detector class for a data set's label, or None if it has none.
+
+    >>> canonical_class("Gun"), canonical_class("handgun"), canonical_class("laptop")
+    ('firearm', 'firearm', None)
+    """
+    return CLASS_ALIASES.get(name.strip().lower().replace(" ", "_").replace("-", "_"))
+
+
+def dicos_category(class_name: str) -> str:
+    """DICOS threat category of a region class (``ANOMALY`` for unknown ones)."""
+    return THREAT_CLASSES.get(class_name, "ANOMALY")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelIdentity:
+    """Which model made a region: name, version and the artifact's sha256."""
+
+    name: str
+    version: str
+    sha256: str
+
+    def __str__(self) -> str:
+        return f"{self.name} {self.version} (sha256 {self.sha256[:12]})"
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Region:
+    """One potential threat object found by one model.
+
+    Parameters
+    ----------
+    class_name : str
+        A key of :data:`THREAT_CLASSES`, or a rule's or anomaly model's own
+        class (``"anomaly"``, ``"opaque"``...).
+    score : float
+        Confidence in [0, 1].
+    box : tuple of float
+        2D ``(x0, y0, x1, y1)`` in pixels of the calibrated scan, or 3D
+        ``(x0, y0, z0, x1, y1, z1)`` in voxels; ends exclusive.
+    model : ModelIdentity
+    mask : ndarray of bool, optional
+        Same shape as the scan's image (or volume), True inside.
+    """
+
+    class_name: str
+    score: float
+    box: tuple[float, ...]
+    model: ModelIdentity
+    mask: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.box) not in (4, 6):
+            raise ValueError(f"box must have 4 (2D) or 6 (3D) values, got {len(self.box)}")
+        half = len(self.box) // 2
+        if any(self.box[i + half] < self.box[i] for i in range(half)):
+            raise ValueError(f"box ends must not precede its starts: {self.box}")
+        if not 0.0 <= self.score <= 1.0:
+            raise ValueError(f"score must lie in [0, 1], got {self.score}")
+
+    @property
+    def dicos_category(self) -> str:
+        return dicos_category(self.class_name)
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form (the mask is left out; it goes to files of its own)."""
+        return {
+            "class": self.class_name,
+            "dicos_category": self.dicos_category,
+            "score": round(float(self.score), 4),
+            "box": [round(float(v), 1) for v in self.box],
+            "model": dataclasses.asdict(self.model),
+        }
+
+
+@runtime_checkable
+class Detector(Protocol):
+    """What the pipeline runs: learned models and physics rules alike."""
+
+    identity: ModelIdentity
+    classes: Sequence[str]
+
+    def detect(self, calibrated: CalibratedScan) -> list[Region]:
+        """Regions found in one calibrated scan, highest score first."""
+        ...

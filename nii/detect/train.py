@@ -1,0 +1,305 @@
+"""``nii train CONFIG``: train a contraband detector and publish it to the registry.
+
+A config is a small TOML file (see ``configs/contraband-fcos.toml``):
+
+* ``[model]``: name, version and the network (:func:`~nii.detect.contraband.build_model`);
+* ``[train]``: epochs, batch size, learning rate, seed, threads;
+* ``[[train.data]]``: what it learns from -- Pascal VOC/COCO/YOLO sets,
+  folders of clear scans, simulated scans and TIP composites (made by the
+  data engine on first use, cached under ``runs/cache/``);
+* ``[[evaluate]]``: named sets whose metrics go into the model card; the
+  one named by ``operating_point.set`` fixes the alarm threshold at
+  ``operating_point.pfa``.
+
+Paths may start with ``{data}``: ``$NII_DATA``, else ``../shared/data``.
+The same config and seed give the same weights on the same hardware
+(training runs single-process, with seeded shuffling and augmentation).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import time
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from nii.detect.contraband import ContrabandDetector, build_model, image_tensor
+from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_clear
+from nii.detect.evaluate import evaluate_sets
+from nii.detect.fcos import best_device
+from nii.detect.regions import THREAT_CLASSES, ModelIdentity
+from nii.detect.registry import MODELS_ROOT, publish_artifact
+
+__all__ = ["load_config", "resolve_data", "training_samples", "train"]
+
+CACHE = Path("runs/cache")
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training config; one-line ValueError when it is not usable."""
+    path = Path(path)
+    try:
+        config = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"{path}: cannot read the config ({err})") from None
+    for key in ("model", "train"):
+        if key not in config:
+            raise ValueError(f"{path}: the config needs a [{key}] table")
+    if not config["train"].get("data"):
+        raise ValueError(f"{path}: the config needs at least one [[train.data]] entry")
+    return config
+
+
+def _path(text: str) -> Path:
+    return Path(text.replace("{data}", os.environ.get("NII_DATA", "../shared/data")))
+
+
+def resolve_data(spec: Mapping[str, Any], *, cache: str | os.PathLike = CACHE,
+                 progress: bool = True) -> list[BoxSample]:
+    """The samples one ``[[train.data]]``/evaluation entry names.
+
+    ``kind`` is ``voc``/``coco``/``yolo`` (``path``, ``split``), ``clear``
+    (``path``, ``start``, ``stop``), ``simulated`` (``scanner``, ``n``,
+    ``seed``, ``threat_rate``) or ``tip`` (``backgrounds`` with
+    ``start``/``stop``, ``signatures``, ``n``, ``seed``,
+    ``attenuation_scale``). Missing folders raise ``FileNotFoundError``.
+    """
+    kind = spec.get("kind")
+    if kind in ("voc", "coco", "yolo"):
+        path = _path(spec["path"])
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: data set not found")
+        return read_box_dataset(path, spec.get("split"))
+    if kind == "clear":
+        path = _path(spec["path"])
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: folder of clear scans not found")
+        return read_clear(path, spec.get("start", 0), spec.get("stop"))
+    if kind == "simulated":
+        from nii.simulate.engine import simulate_dataset
+
+        scanner, n, seed = spec.get("scanner", "baggage-dual-kvp"), int(spec["n"]), int(spec.get("seed", 0))
+        rate = float(spec.get("threat_rate", 0.5))
+        folder = Path(cache) / f"simulated-{scanner}-n{n}-seed{seed}-threat{rate}"
+        if not (folder / "annotations.json").exists():
+            simulate_dataset(folder, scanner=scanner, n=n, seed=seed, threat_rate=rate, progress=progress)
+        return read_box_dataset(folder / "annotations.json")
+    if kind == "tip":
+        from nii.simulate.composites import tip_dataset
+
+        backgrounds = [Path(s.path) for s in resolve_data({**spec, "kind": "clear", "path": spec["backgrounds"]}, cache=cache)]
+        signatures = spec.get("signatures", "simulated")
+        signatures = signatures if signatures == "simulated" else _path(signatures)
+        if signatures != "simulated" and not Path(signatures).exists():
+            raise FileNotFoundError(f"{signatures}: threat signatures not found")
+        n, seed = int(spec["n"]), int(spec.get("seed", 0))
+        folder = Path(cache) / f"tip-{Path(str(signatures)).name}-n{n}-seed{seed}"
+        if not (folder / "annotations.json").exists():
+            tip_dataset(folder, backgrounds, signatures=signatures, n=n, seed=seed,
+                        attenuation_scale=float(spec.get("attenuation_scale", 1.0)), progress=progress)
+        return read_box_dataset(folder / "annotations.json")
+    raise ValueError(f"unknown data kind {kind!r}; use voc, coco, yolo, clear, simulated or tip")
+
+
+def _digest(samples: Sequence[BoxSample]) -> str:
+    """sha256 over every sample's file bytes, boxes and classes (the card's data hash)."""
+    total = hashlib.sha256()
+    for sample in samples:
+        total.update(hashlib.sha256(Path(sample.path).read_bytes()).digest())
+        total.update(np.ascontiguousarray(sample.boxes, np.float32).tobytes())
+        total.update("|".join(sample.classes).encode())
+    return total.hexdigest()
+
+
+def training_samples(config: Mapping[str, Any], *, cache: str | os.PathLike = CACHE,
+                     progress: bool = True) -> tuple[list[BoxSample], list[dict]]:
+    """All training samples, and per entry a record for the model card."""
+    samples, sources = [], []
+    for spec in config["train"]["data"]:
+        part = resolve_data(spec, cache=cache, progress=progress)
+        part = part * int(spec.get("repeat", 1))
+        sources.append({**spec, "samples": len(part), "sha256": _digest(part)})
+        samples.extend(part)
+    return samples, sources
+
+
+def _fit(image: np.ndarray, boxes: np.ndarray, short: int, long: int) -> tuple[np.ndarray, np.ndarray]:
+    """Downscale so the short side is at most ``short`` and the long at most ``long``."""
+    scale = min(1.0, short / min(image.shape[:2]), long / max(image.shape[:2]))
+    if scale >= 1.0:
+        return image, boxes
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), boxes * scale
+
+
+def _augment(image: np.ndarray, boxes: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+    """Flips and quarter turns: a bag can lie any way round on the belt."""
+    h, w = image.shape[:2]
+    boxes = boxes.copy()
+    if rng.random() < 0.5:
+        image, boxes[:, [0, 2]] = image[:, ::-1], w - boxes[:, [2, 0]]
+    if rng.random() < 0.5:
+        image, boxes[:, [1, 3]] = image[::-1], h - boxes[:, [3, 1]]
+    if rng.random() < 0.5:  # transpose: (x, y) -> (y, x)
+        image, boxes = image.transpose(1, 0, 2), boxes[:, [1, 0, 3, 2]]
+    return np.ascontiguousarray(image), boxes
+
+
+def _learning_rate(step: int, total: int, base: float, warmup: int) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+
+
+def train(
+    config_path: str | os.PathLike,
+    *,
+    models_root: str | os.PathLike = MODELS_ROOT,
+    max_steps: int | None = None,
+    device: str | None = None,
+    cache: str | os.PathLike = CACHE,
+    progress: bool = True,
+) -> ModelIdentity:
+    """Train the detector a config describes, evaluate it, and publish it.
+
+    Parameters
+    ----------
+    config_path : path-like
+        The TOML config (copied verbatim into the artifact).
+    models_root : path-like
+        Registry root to publish into.
+    max_steps : int, optional
+        Stop after this many optimiser steps (smoke tests).
+    device : str, optional
+        ``"cpu"`` or ``"cuda"``; default the GPU when there is one.
+    cache : path-like
+        Where simulated and TIP sets are made on first use.
+
+    Returns
+    -------
+    ModelIdentity
+        Name, version and sha256 of the published artifact.
+    """
+    started = time.monotonic()
+    config = load_config(config_path)
+    model_cfg, train_cfg = config["model"], config["train"]
+    torch.set_num_threads(int(train_cfg.get("threads", os.cpu_count() or 1)))
+    seed = int(train_cfg.get("seed", 0))
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    target = torch.device(device) if device else best_device()
+    classes = list(model_cfg.get("classes", THREAT_CLASSES))
+
+    samples, sources = training_samples(config, cache=cache, progress=progress)
+    short = max(model_cfg.get("train_min_sizes", [model_cfg.get("min_size", 320)]))
+    long = int(model_cfg.get("max_size", 448))
+    cached = []
+    for sample in tqdm(samples, desc="load training scans", unit="scan", disable=not progress):
+        image, boxes = load_sample(sample.path, sample.boxes)
+        image, boxes = _fit(image, boxes, short, long)
+        labels = np.array([classes.index(c) + 1 for c in sample.classes], np.int64)
+        cached.append((image, boxes, labels))
+
+    model = build_model(model_cfg, len(classes), training=True).to(target).train()
+    optimiser = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 2e-3)),
+                                  weight_decay=float(train_cfg.get("weight_decay", 0.05)))
+    batch = int(train_cfg.get("batch_size", 8))
+    epochs = int(train_cfg.get("epochs", 1))
+    steps_per_epoch = max(1, len(cached) // batch)
+    total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
+    warmup = min(int(train_cfg.get("warmup_steps", 200)), max(1, total // 5))
+    bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
+    step, losses = 0, []
+    while step < total:
+        order = list(range(len(cached)))
+        rng.shuffle(order)
+        for first in range(0, len(order) - batch + 1, batch):
+            if step >= total:
+                break
+            images, targets = [], []
+            for index in order[first:first + batch]:
+                image, boxes = _augment(cached[index][0], cached[index][1], rng)
+                images.append(image_tensor(image).to(target))
+                targets.append({"boxes": torch.from_numpy(boxes).float().to(target),
+                                "labels": torch.from_numpy(cached[index][2]).to(target)})
+            for group in optimiser.param_groups:
+                group["lr"] = _learning_rate(step, total, float(train_cfg.get("lr", 2e-3)), warmup)
+            loss_parts = model(images, targets)
+            loss = sum(loss_parts.values())
+            if not torch.isfinite(loss):
+                raise RuntimeError(f"training diverged at step {step} (loss {loss.item()}); lower lr in the config")
+            optimiser.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimiser.step()
+            losses.append(loss.item())
+            step += 1
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses[-50:]):.3f}")
+    bar.close()
+    train_minutes = (time.monotonic() - started) / 60
+
+    model = model.cpu().eval()
+    weights = io.BytesIO()
+    torch.save(model.state_dict(), weights)
+    name, version = model_cfg["name"], str(model_cfg["version"])
+    provisional = ModelIdentity(name, version, "unpublished")
+    detector = ContrabandDetector(build_model(model_cfg, len(classes)), classes, provisional, device=target)
+    detector.model.load_state_dict(model.state_dict())
+    metrics, operating_points = evaluate_sets(detector, config, cache=cache, progress=progress)
+    card = {
+        "kind": "contraband-fcos",
+        "detects": "potential threat objects in 2D X-ray projections (pseudo-colour or calibrated dual-energy)",
+        "classes": classes,
+        "dicos_categories": {c: THREAT_CLASSES.get(c, "ANOMALY") for c in classes},
+        "architecture": {k: v for k, v in model_cfg.items() if k not in ("name", "version")},
+        "training": {
+            "data": sources,
+            "data_sha256": hashlib.sha256("".join(s["sha256"] for s in sources).encode()).hexdigest(),
+            "steps": step,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "minutes": round(train_minutes, 1),
+            "device": str(target),
+            "threads": torch.get_num_threads(),
+            "torch": torch.__version__,
+        },
+        "metrics": metrics,
+        "operating_points": operating_points,
+    }
+    files = {"weights.pt": weights.getvalue(), "config.toml": Path(config_path).read_bytes()}
+    return publish_artifact(name, version, files, card, models_root, card_markdown=card_markdown(card, name, version))
+
+
+def card_markdown(card: Mapping[str, Any], name: str, version: str) -> str:
+    """The human-readable model card (the JSON card is the record)."""
+    lines = [f"# Model card: {name} {version}", "", card["detects"], "",
+             "| class | DICOS threat category |", "| --- | --- |"]
+    lines += [f"| {c} | {card['dicos_categories'][c]} |" for c in card["classes"]]
+    lines += ["", "## Training data", "", "| kind | source | samples | sha256 |", "| --- | --- | --- | --- |"]
+    for s in card["training"]["data"]:
+        source = s.get("path") or s.get("scanner") or s.get("backgrounds", "")
+        lines.append(f"| {s['kind']} | {source} {s.get('split', '')} | {s['samples']} | {s['sha256'][:16]} |")
+    t = card["training"]
+    lines += ["", f"All data sha256: `{t['data_sha256']}`. {t['steps']} steps in {t['minutes']} min on {t['device']} "
+              f"({t['threads']} threads), torch {t['torch']}.", "", "## Metrics", ""]
+    for set_name, m in card["metrics"].items():
+        lines.append(f"### {set_name}")
+        lines.append("")
+        lines.append("```json")
+        lines.append(json.dumps(m, indent=2))
+        lines.append("```")
+        lines.append("")
+    lines += ["## Operating points", "", "```json", json.dumps(card["operating_points"], indent=2), "```", ""]
+    return "\n".join(lines)

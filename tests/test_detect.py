@@ -1,0 +1,347 @@
+"""Detection interface, model registry, metrics, data set readers and training."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from nii.detect.datasets import (
+    is_image_level,
+    load_sample,
+    read_box_dataset,
+    read_clear,
+    read_coco,
+    read_image_level,
+    read_voc,
+    read_yolo,
+)
+from nii.detect.metrics import box_metrics, pd_pfa_curve, screening_metrics, threshold_at_pfa
+from nii.detect.regions import Detector, ModelIdentity, Region, canonical_class, dicos_category
+from nii.detect.registry import ModelArtifactError, list_models, load_detector, open_artifact, publish_artifact
+from tests.conftest import REPO
+
+IDENTITY = ModelIdentity("m", "1.0", "ab" * 32)
+
+
+# ---------------------------------------------------------------------------
+# Regions and classes
+# ---------------------------------------------------------------------------
+
+def test_data_set_labels_map_to_detector_classes_and_dicos_categories():
+    assert [canonical_class(n) for n in ("Gun", "handgun", "gun_part", "Knife", "razor_blade", "Wrench")] == [
+        "firearm", "firearm", "firearm", "knife", "knife", "wrench"]
+    assert canonical_class("pliers") is None
+    assert dicos_category("explosive") == "EXPLOSIVE"
+    assert dicos_category("narcotics") == "CONTRABAND"
+    assert dicos_category("firearm") == "PROHIBITED_ITEM"
+    assert dicos_category("something new") == "ANOMALY"
+
+
+def test_region_carries_model_identity_and_refuses_bad_boxes():
+    region = Region("firearm", 0.9, (1, 2, 30, 40), IDENTITY)
+    record = region.to_dict()
+    assert record["model"] == {"name": "m", "version": "1.0", "sha256": "ab" * 32}
+    assert record["dicos_category"] == "PROHIBITED_ITEM"
+    with pytest.raises(ValueError, match="ends"):
+        Region("knife", 0.5, (10, 10, 5, 20), IDENTITY)
+    with pytest.raises(ValueError, match="score"):
+        Region("knife", 1.5, (0, 0, 5, 5), IDENTITY)
+    with pytest.raises(ValueError, match="4 .2D. or 6"):
+        Region("knife", 0.5, (0, 0, 5), IDENTITY)
+    assert len(Region("explosive", 0.5, (0, 0, 0, 4, 4, 4), IDENTITY).box) == 6
+
+
+# ---------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------
+
+def _publish(root: Path, version: str = "1.0.0") -> ModelIdentity:
+    return publish_artifact("toy", version, {"weights.pt": b"weights", "config.toml": b"[model]\n"},
+                            {"kind": "toy", "classes": ["firearm"]}, root)
+
+
+def test_published_artifact_verifies_and_lists(tmp_path):
+    identity = _publish(tmp_path)
+    artifact = open_artifact("toy", root=tmp_path)
+    assert artifact.identity == identity
+    assert artifact.read("weights.pt") == b"weights"
+    assert list_models(tmp_path) == {"toy": {"1.0.0": identity.sha256}}
+    _publish(tmp_path, "1.10.0")
+    assert open_artifact("toy", root=tmp_path).identity.version == "1.10.0"  # newest, compared as numbers
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda folder: (folder / "weights.pt").write_bytes(b"weightz"), "weights.pt: sha256 mismatch"),
+    (lambda folder: (folder / "config.toml").unlink(), "config.toml: missing"),
+    (lambda folder: (folder / "extra.bin").write_bytes(b"x"), "not covered by SHA256SUMS: extra.bin"),
+    (lambda folder: (folder / "SHA256SUMS").write_text((folder / "SHA256SUMS").read_text().replace("weights.pt",
+                                                                                                   "weights.pt ")),
+     "not the registered"),
+])
+def test_tampered_artifact_is_refused_naming_the_file(tmp_path, change, message):
+    _publish(tmp_path)
+    change(tmp_path / "toy" / "1.0.0")
+    with pytest.raises(ModelArtifactError, match=message):
+        open_artifact("toy", root=tmp_path)
+
+
+def test_unknown_model_or_version_is_refused(tmp_path):
+    _publish(tmp_path)
+    with pytest.raises(ModelArtifactError, match="no model 'nope'.*registered: toy"):
+        open_artifact("nope", root=tmp_path)
+    with pytest.raises(ModelArtifactError, match="no version '9'"):
+        open_artifact("toy", "9", root=tmp_path)
+    with pytest.raises(ModelArtifactError, match="unknown model kind 'toy'"):
+        load_detector("toy", root=tmp_path)
+
+
+# ---------------------------------------------------------------------------
+# Metrics
+# ---------------------------------------------------------------------------
+
+def test_box_metrics_score_hits_misses_and_absent_classes():
+    truth = [(np.array([[10, 10, 50, 50.]]), ["firearm"]), (np.array([[0, 0, 20, 20.]]), ["knife"])]
+    perfect = [(t[0], np.array([0.9]), t[1]) for t in truth]
+    result = box_metrics(perfect, truth, ["firearm", "knife", "wrench"])
+    assert result["map50"] == pytest.approx(1.0)
+    assert set(result["ap50_per_class"]) == {"firearm", "knife"}  # no wrench in the set: left out
+    shifted = [(np.array([[10, 10, 50, 50.]]), np.array([0.9]), ["firearm"]),
+               (np.array([[30, 30, 60, 60.]]), np.array([0.9]), ["knife"])]
+    result = box_metrics(shifted, truth, ["firearm", "knife"])
+    assert result["ap50_per_class"] == pytest.approx({"firearm": 1.0, "knife": 0.0})
+    wrong_class = [(t[0], np.array([0.9]), ["wrench"]) for t in truth]
+    assert box_metrics(wrong_class, truth, ["firearm", "knife", "wrench"])["map50"] == 0.0
+    # IoU 0.8 is a hit at thresholds 0.5 ... 0.8 (7 of the 10), a miss above.
+    loose = [(np.array([[10, 10, 50, 60.]]), np.array([0.9]), ["firearm"])]
+    result = box_metrics(loose, truth[:1], ["firearm"])
+    assert result["map50"] == pytest.approx(1.0) and result["map50_95"] == pytest.approx(0.7)
+
+
+def test_threshold_at_pfa_allows_only_that_share_of_false_alarms():
+    clear = np.linspace(0, 0.99, 100)
+    t = threshold_at_pfa(clear, 0.05)
+    assert np.mean(clear >= t) == pytest.approx(0.05)
+    assert np.mean(clear >= threshold_at_pfa(clear, 0.0)) == 0.0
+    with pytest.raises(ValueError, match="no clear scans"):
+        threshold_at_pfa([], 0.05)
+
+
+def test_screening_metrics_by_hand():
+    scores = [0.1, 0.2, 0.3, 0.9, 0.8, 0.25]
+    threat = [False, False, False, True, True, True]
+    result = screening_metrics(scores, threat, threshold=0.27)
+    assert result["pd"] == pytest.approx(2 / 3) and result["pfa"] == pytest.approx(1 / 3)
+    # AUROC: of the 9 (threat, clear) pairs, the threat wins 8 (0.25 loses to 0.3).
+    assert result["auroc"] == pytest.approx(8 / 9)
+    assert set(result["pd_at_pfa"]) == {"0.01", "0.02", "0.05"}
+    assert result["pd_at_pfa"]["0.05"] == pytest.approx(2 / 3)
+    pfa, pd, _ = pd_pfa_curve(scores, threat)
+    assert pfa[0] == 0 and pd[0] == 0 and pfa[-1] == 1 and pd[-1] == 1
+    assert np.all(np.diff(pfa) >= 0) and np.all(np.diff(pd) >= 0)
+    with pytest.raises(ValueError, match="need clear and threat"):
+        screening_metrics([0.5], [True])
+
+
+# ---------------------------------------------------------------------------
+# Data set readers
+# ---------------------------------------------------------------------------
+
+def _image(path: Path, shape=(60, 80)) -> None:
+    import cv2
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.full((*shape, 3), 200, np.uint8))
+
+
+def test_voc_reader_maps_classes_and_follows_splits(tmp_path):
+    (tmp_path / "Annotations").mkdir()
+    (tmp_path / "ImageSets" / "Main").mkdir(parents=True)
+    for stem, name in (("a", "Gun"), ("b", "Pliers")):
+        _image(tmp_path / "JPEGImages" / f"{stem}.jpg")
+        (tmp_path / "Annotations" / f"{stem}.xml").write_text(
+            f"<annotation><filename>{stem}.jpg</filename><object><name>{name}</name>"
+            "<bndbox><xmin>1.5</xmin><ymin>2</ymin><xmax>30</xmax><ymax>40</ymax></bndbox></object></annotation>")
+    (tmp_path / "ImageSets" / "Main" / "val.txt").write_text("a\n")
+    samples = read_voc(tmp_path)
+    assert [s.classes for s in samples] == [("firearm",), ()]  # pliers: no detector class, dropped
+    np.testing.assert_allclose(samples[0].boxes, [[1.5, 2, 30, 40]])
+    assert [s.path.name for s in read_box_dataset(tmp_path, "val")] == ["a.jpg"]
+    with pytest.raises(ValueError, match="no split 'test'"):
+        read_voc(tmp_path, "test")
+
+
+def test_yolo_and_coco_readers_give_pixel_boxes(tmp_path):
+    _image(tmp_path / "yolo" / "images" / "x.png", (100, 200))
+    (tmp_path / "yolo" / "labels").mkdir()
+    (tmp_path / "yolo" / "labels" / "x.txt").write_text("1 0.5 0.5 0.1 0.2\n")
+    (tmp_path / "yolo" / "classes.txt").write_text("Gun\nKnife\n")
+    [sample] = read_box_dataset(tmp_path / "yolo")
+    assert sample.classes == ("knife",)
+    np.testing.assert_allclose(sample.boxes, [[90, 40, 110, 60]])
+    assert read_yolo(tmp_path / "yolo")[0].classes == ("knife",)
+
+    _image(tmp_path / "coco" / "img" / "y.png")
+    document = {"images": [{"id": 7, "file_name": "img/y.png"}], "categories": [{"id": 3, "name": "handgun"}],
+                "annotations": [{"id": 1, "image_id": 7, "category_id": 3, "bbox": [5, 6, 10, 20]}]}
+    (tmp_path / "coco" / "annotations.json").write_text(json.dumps(document))
+    [sample] = read_coco(tmp_path / "coco" / "annotations.json")
+    assert sample.path == tmp_path / "coco" / "img" / "y.png" and sample.classes == ("firearm",)
+    np.testing.assert_allclose(sample.boxes, [[5, 6, 15, 26]])
+
+
+def test_clear_and_image_level_sets(tmp_path):
+    for name in ("clear/c1.png", "clear/c2.png", "threat/t1.png"):
+        _image(tmp_path / name)
+    assert is_image_level(tmp_path)
+    labels = read_image_level(tmp_path)
+    assert [(label.path.name, label.threat) for label in labels] == [("c1.png", False), ("c2.png", False),
+                                                                     ("t1.png", True)]
+    assert [s.path.name for s in read_clear(tmp_path / "clear", 1)] == ["c2.png"]
+    with pytest.raises(ValueError, match="not a box data set"):
+        read_box_dataset(tmp_path)
+
+
+def test_load_sample_scales_boxes_with_the_calibrated_image(tmp_path):
+    from nii.simulate.engine import simulate_dataset
+
+    annotations = simulate_dataset(tmp_path, n=1, seed=5, threat_rate=1.0, progress=False, workers=1)
+    [sample] = read_coco(annotations)
+    image, boxes = load_sample(sample.path, sample.boxes, profile_root=REPO / "calibration")
+    assert image.dtype == np.uint8 and image.ndim == 3
+    assert len(boxes) == len(sample.boxes) >= 1
+    assert np.all(boxes[:, 2] <= image.shape[1] + 1) and np.all(boxes[:, 3] <= image.shape[0] + 1)
+
+
+# ---------------------------------------------------------------------------
+# Training, the registry and nii evaluate, end to end with a tiny model
+# ---------------------------------------------------------------------------
+
+TINY_CONFIG = """
+[model]
+name = "tiny"
+version = "0.0.1"
+widths = [8, 8, 16, 16, 16]
+depths = [1, 1, 1, 1, 1]
+fpn_channels = 32
+head_convs = 1
+min_size = 128
+max_size = 160
+[train]
+epochs = 2
+batch_size = 2
+threads = 2
+[[train.data]]
+kind = "simulated"
+n = 4
+seed = 3
+threat_rate = 1.0
+[[evaluate]]
+name = "sim"
+boxes = [{ kind = "simulated", n = 6, seed = 4, threat_rate = 0.5 }]
+[operating_point]
+set = "sim"
+pfa = 0.05
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_registry(tmp_path_factory) -> tuple[Path, Path]:
+    folder = tmp_path_factory.mktemp("tiny")
+    config = folder / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    cache = folder / "cache"
+    from nii.detect.train import train
+
+    train(config, models_root=folder / "models", max_steps=3, cache=cache, progress=False)
+    return folder / "models", cache
+
+
+def test_training_publishes_a_loadable_detector_with_a_card(tiny_registry):
+    from nii.calibrate.correct import calibrate_with_scanner_profile
+    from nii.simulate.engine import simulate_scan
+    from nii.simulate.scanner import load_scanner
+
+    root, _ = tiny_registry
+    artifact = open_artifact("tiny", root=root)
+    card = artifact.card
+    assert card["training"]["steps"] == 3
+    assert len(card["training"]["data_sha256"]) == 64
+    assert {"map50", "pd", "pfa", "pd_at_pfa", "auroc", "ms_per_image"} <= set(card["metrics"]["sim"])
+    assert card["operating_points"]["default"]["set_on"] == "sim"
+    assert b"name = \"tiny\"" in artifact.read("config.toml")
+    detector = load_detector("tiny", root=root, device="cpu", min_score=0.0)
+    assert isinstance(detector, Detector)
+    calibrated = calibrate_with_scanner_profile(simulate_scan(load_scanner("baggage-dual-kvp"), np.random.default_rng(1)).scan, REPO / "calibration")
+    regions = detector.detect(calibrated)
+    assert regions, "min_score 0 keeps every candidate"
+    assert all(r.model == artifact.identity for r in regions)
+    assert all(r.class_name in card["classes"] for r in regions)
+    assert all(0 <= r.box[0] <= r.box[2] <= calibrated.opaque.shape[1] for r in regions)
+
+
+def test_same_config_and_seed_give_the_same_weights(tiny_registry, tmp_path):
+    from nii.detect.train import train
+
+    root, cache = tiny_registry
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    again = train(config, models_root=tmp_path / "models", max_steps=3, cache=cache, progress=False)
+    first = open_artifact("tiny", root=root).read("weights.pt")
+    assert open_artifact("tiny", root=tmp_path / "models").read("weights.pt") == first
+    assert again.name == "tiny"
+
+
+def test_nii_evaluate_json_on_simulated_and_image_level_sets(tiny_registry, tmp_path, capsys):
+    from nii.cli import main
+
+    root, cache = tiny_registry
+    folder = next(cache.glob("simulated-*-n6-*"))
+    assert main(["evaluate", str(folder), "--model", "tiny", "--models", str(root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"map50", "map50_95", "ap50_per_class", "pd", "pfa", "threshold", "pd_at_pfa", "auroc",
+            "ms_per_image", "model_sha256"} <= set(result)
+    assert set(result["pd_at_pfa"]) == {"0.01", "0.02", "0.05"}
+    assert 0.0 <= result["map50"] <= 1.0
+
+    for sample in read_coco(folder / "annotations.json"):  # threat scans to threat/, the rest to clear/
+        target = tmp_path / "set" / ("threat" if sample.classes else "clear")
+        target.mkdir(parents=True, exist_ok=True)
+        for part in (sample.path, sample.path.with_suffix(".raw")):
+            shutil.copy(part, target / part.name)
+    assert main(["evaluate", str(tmp_path / "set"), "--model", "tiny", "--models", str(root), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert {"pd", "pfa", "auroc", "pd_at_pfa", "threshold"} <= set(result) and "map50" not in result
+
+
+def test_nii_evaluate_and_models_refuse_bad_input_in_one_line(tiny_registry, tmp_path, capsys):
+    from nii.cli import main
+
+    root, _ = tiny_registry
+    assert main(["evaluate", str(tmp_path / "missing"), "--models", str(root)]) == 2
+    assert capsys.readouterr().err.strip().count("\n") == 0
+    assert main(["evaluate", str(tmp_path), "--model", "nope", "--models", str(root)]) == 2
+    assert "no model 'nope'" in capsys.readouterr().err
+    broken = tmp_path / "models"
+    shutil.copytree(root, broken)
+    weights = broken / "tiny" / "0.0.1" / "weights.pt"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one bit of one parameter
+    weights.write_bytes(bytes(data))
+    assert main(["models", "--models", str(broken)]) == 1
+    assert "weights.pt: sha256 mismatch" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path), "--model", "tiny", "--models", str(broken)]) == 2
+    assert "sha256 mismatch" in capsys.readouterr().err
+
+
+def test_bad_training_config_is_one_line(tmp_path, capsys):
+    from nii.cli import main
+
+    (tmp_path / "bad.toml").write_text("[model]\nname = 'x'\n")
+    assert main(["train", str(tmp_path / "bad.toml")]) == 2
+    assert "needs a [train] table" in capsys.readouterr().err
+    (tmp_path / "worse.toml").write_text("[model\n")
+    assert main(["train", str(tmp_path / "worse.toml")]) == 2
