@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test samples bench bench-calibrate clean
+.PHONY: run test samples bench bench-calibrate bench-detect clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nii needs Python 3.11+; found " + sys.version.split()[0])'
@@ -35,6 +35,10 @@ bench: $(STAMP)
 # Calibrate-and-render time for a 2x1024x768 scan, against float64 NumPy and the bandwidth floor.
 bench-calibrate: $(STAMP)
 	$(BIN)/python benchmarks/bench_calibrate.py
+
+# Contraband detector time per 1024x768 scan, on 2 and 1 threads.
+bench-detect: $(STAMP)
+	$(BIN)/python benchmarks/bench_detect.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis
