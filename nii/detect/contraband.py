@@ -42,7 +42,9 @@ def build_model(model_config: Mapping[str, Any], num_classes: int, *, training: 
 
 def image_tensor(image: np.ndarray) -> torch.Tensor:
     """(rows, cols, 3) uint8 RGB to the (3, rows, cols) float tensor in [0, 1] the model takes."""
-    return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float().div_(255.0)
+    # Scans' pixel arrays are read-only; torch wants writable memory to wrap.
+    array = np.ascontiguousarray(image) if image.flags.writeable else np.array(image)
+    return torch.from_numpy(array).permute(2, 0, 1).float().div_(255.0)
 
 
 class ContrabandDetector:
