@@ -68,8 +68,14 @@ def evaluate_samples(detector: Any, boxed: Sequence[BoxSample], clear: Sequence[
     over all scans. ``threshold`` is the operating point; without one, the
     threshold giving 5% false alarms on these clear scans is reported.
     """
+    predicted = predict(detector, list(boxed) + list(clear), progress=progress)
+    return _metrics(detector, boxed, clear, predicted, threshold)
+
+
+def _metrics(detector: Any, boxed: Sequence[BoxSample], clear: Sequence[BoxSample],
+             predicted: tuple[list, list, float], threshold: float | None) -> dict[str, Any]:
+    predictions, truths, ms = predicted
     samples = list(boxed) + list(clear)
-    predictions, truths, ms = predict(detector, samples, progress=progress)
     result: dict[str, Any] = {"scans": len(samples)}
     boxed_truths = [(truths[i], list(samples[i].classes)) for i in range(len(boxed))]
     if any(len(c) for _, c in boxed_truths):
@@ -114,14 +120,16 @@ def evaluate_sets(detector: Any, config: Mapping[str, Any], *, cache: str | os.P
     point = config.get("operating_point", {})
     point_set, pfa = point.get("set"), float(point.get("pfa", 0.05))
     operating_points: dict[str, Any] = {}
-    threshold = None
+    threshold, reuse = None, {}
     if point_set in resolved:
         boxed, clear = resolved[point_set]
         samples = boxed + clear
-        predictions, _, _ = predict(detector, samples, progress=progress, desc=f"operating point on {point_set}")
-        clear_scores = [_score(p) for p, s in zip(predictions, samples) if not s.classes]
+        reuse[point_set] = predict(detector, samples, progress=progress, desc=f"operating point on {point_set}")
+        clear_scores = [_score(p) for p, s in zip(reuse[point_set][0], samples) if not s.classes]
         threshold = threshold_at_pfa(clear_scores, pfa)
         operating_points["default"] = {"threshold": round(threshold, 6), "pfa_target": pfa, "set_on": point_set}
     for name, (boxed, clear) in resolved.items():
-        metrics[name] = evaluate_samples(detector, boxed, clear, threshold=threshold, progress=progress)
+        # The operating-point set's predictions are reused, not recomputed.
+        predicted = reuse.get(name) or predict(detector, boxed + clear, progress=progress)
+        metrics[name] = _metrics(detector, boxed, clear, predicted, threshold)
     return metrics, operating_points
