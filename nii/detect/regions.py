@@ -102,6 +102,12 @@ class Region:
     model : ModelIdentity
     mask : ndarray of bool, optional
         Same shape as the scan's image (or volume), True inside.
+    explanation : str
+        Why it fired, in plain words, for rules that can say so ("organic
+        mass 420 g, Zeff 7.2 ..."); empty for learned models.
+    measurements : mapping of str to float
+        What was measured on the region: ``mass_g``, ``zeff``,
+        ``areal_density_g_cm2``, ``area_cm2``, ``density_g_cm3``...
     """
 
     class_name: str
@@ -109,6 +115,8 @@ class Region:
     box: tuple[float, ...]
     model: ModelIdentity
     mask: np.ndarray | None = None
+    explanation: str = ""
+    measurements: Mapping[str, float] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if len(self.box) not in (4, 6):
@@ -125,13 +133,18 @@ class Region:
 
     def to_dict(self) -> dict[str, object]:
         """JSON-ready form (the mask is left out; it goes to files of its own)."""
-        return {
+        record: dict[str, object] = {
             "class": self.class_name,
             "dicos_category": self.dicos_category,
             "score": round(float(self.score), 4),
             "box": [round(float(v), 1) for v in self.box],
             "model": dataclasses.asdict(self.model),
         }
+        if self.explanation:
+            record["explanation"] = self.explanation
+        if self.measurements:
+            record["measurements"] = {k: round(float(v), 3) for k, v in self.measurements.items()}
+        return record
 
 
 @runtime_checkable
