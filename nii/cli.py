@@ -138,11 +138,17 @@ def cmd_render(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector from a config and publish it to the registry."""
     from nii.detect.registry import MODELS_ROOT
+    from nii.detect.rule_registry import is_rules_config, publish_rules
     from nii.detect.train import train
 
-    identity = train(args.config, models_root=args.models or MODELS_ROOT, max_steps=args.max_steps,
-                     device=args.device, progress=not args.quiet)
-    print(f"published {identity.name} {identity.version} sha256 {identity.sha256}")
+    if is_rules_config(args.config):  # rules learn nothing: evaluate them and publish
+        identities = publish_rules(args.config, models_root=args.models or MODELS_ROOT, only=args.only,
+                                   progress=not args.quiet)
+    else:
+        identities = [train(args.config, models_root=args.models or MODELS_ROOT, max_steps=args.max_steps,
+                            device=args.device, progress=not args.quiet)]
+    for identity in identities:
+        print(f"published {identity.name} {identity.version} sha256 {identity.sha256}")
     return 0
 
 
@@ -150,16 +156,23 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Evaluate a model on a box or image-level data set."""
     from nii.detect.datasets import is_image_level, read_box_dataset, read_image_level
     from nii.detect.evaluate import evaluate_image_level, evaluate_samples
-    from nii.detect.registry import MODELS_ROOT, load_detector
+    from nii.detect.registry import MODELS_ROOT, load_detector, open_artifact
+    from nii.detect.rules import RuleDetector
+    from nii.detect.truth import evaluate_against_truth, read_truth
 
     if not Path(args.dataset).exists():
         raise ValueError(f"{args.dataset}: no such data set")
     detector = load_detector(args.model, args.version, args.models or MODELS_ROOT)
     threshold = args.threshold
     if threshold is None:
-        threshold = detector.operating_points.get("default", {}).get("threshold")
+        threshold = getattr(detector, "operating_points", {}).get("default", {}).get("threshold")
     progress = not (args.quiet or args.json)
-    if is_image_level(args.dataset):
+    if isinstance(detector, RuleDetector):
+        # Rules are judged against exact truth: a simulated set with its targets.
+        card = open_artifact(args.model, args.version, args.models or MODELS_ROOT).card
+        result = evaluate_against_truth(detector, read_truth(args.dataset), targets=card["targets"],
+                                        min_mass_g=card.get("min_target_mass_g", 0.0), progress=progress)
+    elif is_image_level(args.dataset):
         result = evaluate_image_level(detector, read_image_level(args.dataset), threshold=threshold, progress=progress)
     else:
         samples = read_box_dataset(args.dataset, args.split)
@@ -285,11 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("--profile", help="profile file (default calibration/<scanner>/profile.npz if present)")
     render.set_defaults(run=cmd_render)
 
-    train = commands.add_parser("train", help="train a detector from a config and publish it under models/")
-    train.add_argument("config", metavar="CONFIG", help="training config (TOML), e.g. configs/contraband-fcos.toml")
+    train = commands.add_parser("train", help="train a detector (or evaluate the physics rules) and publish it under models/")
+    train.add_argument("config", metavar="CONFIG",
+                       help="training config (TOML), e.g. configs/contraband-fcos.toml, or configs/rules.toml")
     train.add_argument("--device", choices=["cpu", "cuda"], help="default: the GPU when there is one")
     train.add_argument("--max-steps", type=_positive_int, help="stop after this many steps (quick checks)")
     train.add_argument("--models", help="registry folder to publish into (default the repository's models/)")
+    train.add_argument("--only", metavar="RULE", help="rules config: publish only this rule")
     train.add_argument("--quiet", action="store_true", help="no progress bars")
     train.set_defaults(run=cmd_train)
 

@@ -189,7 +189,8 @@ def load_detector(name: str, version: str | None = None, root: str | os.PathLike
     """A :class:`~nii.detect.regions.Detector` from a verified artifact.
 
     The card's ``kind`` says which loader builds it; ``options`` go to that
-    loader (for the contraband detector: ``device``, ``min_score``).
+    loader (for the contraband detector: ``device``, ``min_score``; for a
+    physics rule: threshold overrides such as ``min_mass_g``).
     """
     artifact = open_artifact(name, version, root)
     kind = artifact.card.get("kind")
@@ -197,4 +198,8 @@ def load_detector(name: str, version: str | None = None, root: str | os.PathLike
         from nii.detect.contraband import ContrabandDetector
 
         return ContrabandDetector.from_artifact(artifact, **options)
+    if kind == "physics-rule":
+        from nii.detect.rules import RuleDetector
+
+        return RuleDetector.from_artifact(artifact, **options)
     raise ModelArtifactError(f"{artifact.folder}: unknown model kind {kind!r}")

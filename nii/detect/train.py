@@ -42,7 +42,7 @@ from nii.detect.fcos import best_device
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity
 from nii.detect.registry import MODELS_ROOT, publish_artifact
 
-__all__ = ["load_config", "resolve_data", "training_samples", "train"]
+__all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "train"]
 
 CACHE = Path("runs/cache")
 
@@ -88,14 +88,7 @@ def resolve_data(spec: Mapping[str, Any], *, cache: str | os.PathLike = CACHE,
             raise FileNotFoundError(f"{path}: folder of clear scans not found")
         return read_clear(path, spec.get("start", 0), spec.get("stop"))
     if kind == "simulated":
-        from nii.simulate.engine import simulate_dataset
-
-        scanner, n, seed = spec.get("scanner", "baggage-dual-kvp"), int(spec["n"]), int(spec.get("seed", 0))
-        rate = float(spec.get("threat_rate", 0.5))
-        folder = Path(cache) / f"simulated-{scanner}-n{n}-seed{seed}-threat{rate}"
-        if not (folder / "annotations.json").exists():
-            simulate_dataset(folder, scanner=scanner, n=n, seed=seed, threat_rate=rate, progress=progress)
-        return read_box_dataset(folder / "annotations.json")
+        return read_box_dataset(simulated_set(spec, cache=cache, progress=progress))
     if kind == "tip":
         from nii.simulate.composites import tip_dataset
 
@@ -111,6 +104,23 @@ def resolve_data(spec: Mapping[str, Any], *, cache: str | os.PathLike = CACHE,
                         attenuation_scale=float(spec.get("attenuation_scale", 1.0)), progress=progress)
         return read_box_dataset(folder / "annotations.json")
     raise ValueError(f"unknown data kind {kind!r}; use voc, coco, yolo, clear, simulated or tip")
+
+
+def simulated_set(spec: Mapping[str, Any], *, cache: str | os.PathLike = CACHE, progress: bool = True) -> Path:
+    """The annotation file of a simulated set (``scanner``, ``n``, ``seed``,
+    ``threat_rate``), simulated into ``cache`` on first use.
+
+    The same spec always gives the same bytes, so the cache is only a
+    shortcut: delete it and the set comes back identical.
+    """
+    from nii.simulate.engine import simulate_dataset
+
+    scanner, n, seed = spec.get("scanner", "baggage-dual-kvp"), int(spec["n"]), int(spec.get("seed", 0))
+    rate = float(spec.get("threat_rate", 0.5))
+    folder = Path(cache) / f"simulated-{scanner}-n{n}-seed{seed}-threat{rate}"
+    if not (folder / "annotations.json").exists():
+        simulate_dataset(folder, scanner=scanner, n=n, seed=seed, threat_rate=rate, progress=progress)
+    return folder / "annotations.json"
 
 
 def _digest(samples: Sequence[BoxSample]) -> str:
@@ -294,12 +304,14 @@ def card_markdown(card: Mapping[str, Any], name: str, version: str) -> str:
     t = card["training"]
     lines += ["", f"All data sha256: `{t['data_sha256']}`. {t['steps']} steps in {t['minutes']} min on {t['device']} "
               f"({t['threads']} threads), torch {t['torch']}.", "", "## Metrics", ""]
-    for set_name, m in card["metrics"].items():
-        lines.append(f"### {set_name}")
-        lines.append("")
-        lines.append("```json")
-        lines.append(json.dumps(m, indent=2))
-        lines.append("```")
-        lines.append("")
+    lines += metrics_markdown(card["metrics"])
     lines += ["## Operating points", "", "```json", json.dumps(card["operating_points"], indent=2), "```", ""]
     return "\n".join(lines)
+
+
+def metrics_markdown(metrics: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: one JSON block per evaluation set."""
+    lines = []
+    for set_name, m in metrics.items():
+        lines += [f"### {set_name}", "", "```json", json.dumps(m, indent=2), "```", ""]
+    return lines
