@@ -20,7 +20,7 @@ from tqdm import tqdm
 from nii.detect.datasets import BoxSample, ImageLabel, load_sample
 from nii.detect.metrics import box_metrics, screening_metrics, threshold_at_pfa
 
-__all__ = ["predict", "evaluate_samples", "evaluate_image_level", "evaluate_sets"]
+__all__ = ["predict", "evaluate_samples", "evaluate_image_level", "evaluate_sets", "round_metrics"]
 
 
 def predict(detector: Any, samples: Sequence[BoxSample | ImageLabel], *, progress: bool = True,
@@ -52,11 +52,12 @@ def _score(prediction: tuple[np.ndarray, np.ndarray, list[str]]) -> float:
     return float(prediction[1].max()) if prediction[1].size else 0.0
 
 
-def _round(value: Any) -> Any:
+def round_metrics(value: Any) -> Any:
+    """Floats (nested in dicts too) to 4 decimals, for cards and JSON output."""
     if isinstance(value, float):
         return round(value, 4)
     if isinstance(value, dict):
-        return {k: _round(v) for k, v in value.items()}
+        return {k: round_metrics(v) for k, v in value.items()}
     return value
 
 
@@ -84,7 +85,7 @@ def _metrics(detector: Any, boxed: Sequence[BoxSample], clear: Sequence[BoxSampl
     if any(threat) and not all(threat):
         result.update(screening_metrics([_score(p) for p in predictions], threat, threshold=threshold))
     result["ms_per_image"] = ms
-    return _round(result)
+    return round_metrics(result)
 
 
 def evaluate_image_level(detector: Any, labels: Sequence[ImageLabel], *, threshold: float | None = None,
@@ -93,7 +94,7 @@ def evaluate_image_level(detector: Any, labels: Sequence[ImageLabel], *, thresho
     predictions, _, ms = predict(detector, labels, progress=progress)
     result = screening_metrics([_score(p) for p in predictions], [label.threat for label in labels],
                                threshold=threshold)
-    return _round({"scans": len(labels), **result, "ms_per_image": ms})
+    return round_metrics({"scans": len(labels), **result, "ms_per_image": ms})
 
 
 def evaluate_sets(detector: Any, config: Mapping[str, Any], *, cache: str | os.PathLike = "runs/cache",

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nii.detect.evaluate import round_metrics
 from nii.detect.registry import MODELS_ROOT, publish_artifact
 from nii.detect.regions import ModelIdentity, dicos_category
 from nii.detect.rules import RuleDetector, build_rule
@@ -92,7 +93,7 @@ def publish_rules(config_path: str | os.PathLike, *, models_root: str | os.PathL
             spec = config["sets"][set_name]
             annotations = simulated_set(spec, cache=cache, progress=progress)
             data[set_name] = {**spec, "annotations_sha256": _file_sha256(annotations)}
-            metrics[set_name] = _rounded(evaluate_against_truth(
+            metrics[set_name] = round_metrics(evaluate_against_truth(
                 detector, read_truth(annotations), targets=entry["targets"], min_mass_g=min_mass, progress=progress))
         card = {
             "kind": "physics-rule",
@@ -110,14 +111,6 @@ def publish_rules(config_path: str | os.PathLike, *, models_root: str | os.PathL
         published.append(publish_artifact(model_name, str(config["version"]), files, card, models_root,
                                           card_markdown=_card_markdown(card, model_name, str(config["version"]))))
     return published
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, float):
-        return round(value, 4)
-    if isinstance(value, Mapping):
-        return {k: _rounded(v) for k, v in value.items()}
-    return value
 
 
 def _card_markdown(card: Mapping[str, Any], name: str, version: str) -> str:
