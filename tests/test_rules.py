@@ -12,6 +12,7 @@ import pytest
 
 from nii.calibrate.calibrated import CalibratedScan, classify_zeff
 from nii.cli import main
+from nii.detect.metrics import box_overlap
 from nii.detect.regions import ModelIdentity
 from nii.detect.registry import MODELS_ROOT, list_models, load_detector, open_artifact
 from nii.detect.rule_registry import publish_rules
@@ -25,7 +26,7 @@ from nii.detect.rules import (
     build_rule,
 )
 from nii.detect.train import simulated_set
-from nii.detect.truth import box_overlap, evaluate_against_truth, read_truth
+from nii.detect.truth import evaluate_against_truth, read_truth
 from nii.scan import Scan, ScanKind
 
 PIXEL_MM = 1.0  # 1 mm pixels: 100 pixels are 1 cm^2

@@ -18,7 +18,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nii.detect.datasets import BoxSample, ImageLabel, load_sample
-from nii.detect.metrics import box_metrics, screening_metrics, threshold_at_pfa
+from nii.detect.metrics import box_metrics, localisation_metrics, screening_metrics, threshold_at_pfa
 
 __all__ = ["predict", "evaluate_samples", "evaluate_image_level", "evaluate_sets", "round_metrics"]
 
@@ -78,12 +78,22 @@ def _metrics(detector: Any, boxed: Sequence[BoxSample], clear: Sequence[BoxSampl
     predictions, truths, ms = predicted
     samples = list(boxed) + list(clear)
     result: dict[str, Any] = {"scans": len(samples)}
+    # A class-agnostic detector (the anomaly model) names no class, so mAP
+    # over classes means nothing for it; whether its alarms sit on the
+    # threat is measured instead.
+    agnostic = getattr(detector, "class_agnostic", False)
     boxed_truths = [(truths[i], list(samples[i].classes)) for i in range(len(boxed))]
-    if any(len(c) for _, c in boxed_truths):
+    if not agnostic and any(len(c) for _, c in boxed_truths):
         result.update(box_metrics(predictions[:len(boxed)], boxed_truths, detector.classes))
     threat = [len(s.classes) > 0 for s in samples]
     if any(threat) and not all(threat):
         result.update(screening_metrics([_score(p) for p in predictions], threat, threshold=threshold))
+    elif all(threat) and threshold is not None:  # threat scans only: no Pfa, but Pd at the operating point
+        result.update(pd=float(np.mean([_score(p) >= threshold for p in predictions])), threshold=threshold)
+    if agnostic and "threshold" in result:
+        located = [i for i, t in enumerate(threat) if t and len(truths[i])]
+        result["localisation"] = localisation_metrics([predictions[i] for i in located],
+                                                      [truths[i] for i in located], result["threshold"])
     result["ms_per_image"] = ms
     return round_metrics(result)
 

@@ -16,7 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-__all__ = ["box_metrics", "threshold_at_pfa", "screening_metrics", "pd_pfa_curve", "PFA_POINTS"]
+__all__ = ["box_metrics", "threshold_at_pfa", "screening_metrics", "pd_pfa_curve", "box_overlap",
+           "localisation_metrics", "PFA_POINTS"]
 
 # False alarm rates at which nii evaluate reports Pd.
 PFA_POINTS = (0.01, 0.02, 0.05)
@@ -172,3 +173,62 @@ def pd_pfa_curve(scores: Sequence[float], threat: Sequence[bool]) -> tuple[np.nd
     pd = np.array([np.mean(scores[threat] >= t) for t in thresholds])
     pfa = np.array([np.mean(scores[~threat] >= t) for t in thresholds])
     return pfa, pd, thresholds
+
+
+def box_overlap(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over the smaller of two boxes (2D or 3D, same layout).
+
+    A rule's region is a connected component: it can be a charge without its
+    detonator or a shield with what it hides, so "covers most of one or the
+    other" is the fair test, not IoU.
+    """
+    half = len(a) // 2
+    inter, size_a, size_b = 1.0, 1.0, 1.0
+    for i in range(half):
+        inter *= max(0.0, min(a[i + half], b[i + half]) - max(a[i], b[i]))
+        size_a *= max(0.0, a[i + half] - a[i])
+        size_b *= max(0.0, b[i + half] - b[i])
+    smaller = min(size_a, size_b)
+    return inter / smaller if smaller > 0 else 0.0
+
+
+def localisation_metrics(predictions: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]],
+                         truth_boxes: Sequence[np.ndarray], threshold: float, *,
+                         min_overlap: float = 0.3) -> dict[str, float]:
+    """Whether a class-agnostic detector's alarms point at the threat.
+
+    An image-level score can be right for the wrong reason (a bag that is
+    merely unusual); the operator needs the region. Only threat scans are
+    passed in.
+
+    Parameters
+    ----------
+    predictions : sequence of (boxes, scores, classes)
+        Regions per threat scan.
+    truth_boxes : sequence of ndarray (n, 4)
+        The annotated threats per scan.
+    threshold : float
+        The operating point: regions scoring at least this alarm.
+    min_overlap : float
+        :func:`box_overlap` a region needs with a threat box.
+
+    Returns
+    -------
+    dict
+        ``localised``: of the threat scans that alarm, the fraction with an
+        alarming region on a threat; ``top_region_on_threat``: of all threat
+        scans, the fraction whose highest-scoring region is on a threat.
+    """
+    def on_threat(box: np.ndarray, truth: np.ndarray) -> bool:
+        return any(box_overlap(box, t) >= min_overlap for t in truth)
+
+    alarmed, localised, top = 0, 0, 0
+    for (boxes, scores, _), truth in zip(predictions, truth_boxes):
+        if scores.size:
+            top += on_threat(boxes[int(np.argmax(scores))], truth)
+        alarming = boxes[scores >= threshold]
+        if len(alarming):
+            alarmed += 1
+            localised += any(on_threat(box, truth) for box in alarming)
+    return {"localised": localised / alarmed if alarmed else 0.0,
+            "top_region_on_threat": top / len(predictions) if len(predictions) else 0.0}

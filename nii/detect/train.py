@@ -42,7 +42,8 @@ from nii.detect.fcos import best_device
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity
 from nii.detect.registry import MODELS_ROOT, publish_artifact
 
-__all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "train"]
+__all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "learning_rate",
+           "train", "card_markdown", "metrics_markdown"]
 
 CACHE = Path("runs/cache")
 
@@ -154,7 +155,7 @@ def _fit(image: np.ndarray, boxes: np.ndarray, short: int, long: int) -> tuple[n
     return cv2.resize(image, size, interpolation=cv2.INTER_AREA), boxes * scale
 
 
-def _augment(image: np.ndarray, boxes: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
+def flip_augment(image: np.ndarray, boxes: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
     """Flips and quarter turns: a bag can lie any way round on the belt."""
     h, w = image.shape[:2]
     boxes = boxes.copy()
@@ -167,7 +168,8 @@ def _augment(image: np.ndarray, boxes: np.ndarray, rng: random.Random) -> tuple[
     return np.ascontiguousarray(image), boxes
 
 
-def _learning_rate(step: int, total: int, base: float, warmup: int) -> float:
+def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
+    """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if step < warmup:
         return base * (step + 1) / warmup
     return 0.5 * base * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
@@ -240,12 +242,12 @@ def train(
                 break
             images, targets = [], []
             for index in order[first:first + batch]:
-                image, boxes = _augment(cached[index][0], cached[index][1], rng)
+                image, boxes = flip_augment(cached[index][0], cached[index][1], rng)
                 images.append(image_tensor(image).to(target))
                 targets.append({"boxes": torch.from_numpy(boxes).float().to(target),
                                 "labels": torch.from_numpy(cached[index][2]).to(target)})
             for group in optimiser.param_groups:
-                group["lr"] = _learning_rate(step, total, float(train_cfg.get("lr", 2e-3)), warmup)
+                group["lr"] = learning_rate(step, total, float(train_cfg.get("lr", 2e-3)), warmup)
             loss_parts = model(images, targets)
             loss = sum(loss_parts.values())
             if not torch.isfinite(loss):

@@ -30,9 +30,10 @@ import numpy as np
 from tqdm import tqdm
 
 from nii.calibrate.correct import calibrate_with_scanner_profile
+from nii.detect.metrics import box_overlap
 from nii.ingest import read_scan
 
-__all__ = ["TruthScan", "read_truth", "box_overlap", "evaluate_against_truth", "MANIFEST_PREFIX"]
+__all__ = ["TruthScan", "read_truth", "evaluate_against_truth", "MANIFEST_PREFIX"]
 
 # Targets named "manifest:<mismatch type>" are cargo manifest mismatches.
 MANIFEST_PREFIX = "manifest:"
@@ -84,23 +85,6 @@ def read_truth(annotation_file: str | os.PathLike) -> list[TruthScan]:
                                            "box": (x, y, x + w, y + h), "mass_g": ann.get("mass_g")})
     return [TruthScan(path.parent / image["file_name"], tuple(per_image[image["id"]]), image.get("manifest_truth"))
             for image in document["images"]]
-
-
-def box_overlap(a: Sequence[float], b: Sequence[float]) -> float:
-    """Intersection over the smaller of two boxes (2D or 3D, same layout).
-
-    A rule's region is a connected component: it can be a charge without its
-    detonator or a shield with what it hides, so "covers most of one or the
-    other" is the fair test, not IoU.
-    """
-    half = len(a) // 2
-    inter, size_a, size_b = 1.0, 1.0, 1.0
-    for i in range(half):
-        inter *= max(0.0, min(a[i + half], b[i + half]) - max(a[i], b[i]))
-        size_a *= max(0.0, a[i + half] - a[i])
-        size_b *= max(0.0, b[i + half] - b[i])
-    smaller = min(size_a, size_b)
-    return inter / smaller if smaller > 0 else 0.0
 
 
 def _scaled(box: Sequence[float], factors: Sequence[float]) -> tuple[float, ...]:
