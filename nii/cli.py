@@ -139,14 +139,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector from a config and publish it to the registry."""
     from nii.detect.registry import MODELS_ROOT
     from nii.detect.rule_registry import is_rules_config, publish_rules
-    from nii.detect.train import train
+    from nii.detect.train import load_config, train
+    from nii.detect.train_anomaly import is_anomaly_config, train_anomaly
 
     if is_rules_config(args.config):  # rules learn nothing: evaluate them and publish
         identities = publish_rules(args.config, models_root=args.models or MODELS_ROOT, only=args.only,
                                    progress=not args.quiet)
     else:
-        identities = [train(args.config, models_root=args.models or MODELS_ROOT, max_steps=args.max_steps,
-                            device=args.device, progress=not args.quiet)]
+        recipe = train_anomaly if is_anomaly_config(load_config(args.config)) else train
+        identities = [recipe(args.config, models_root=args.models or MODELS_ROOT, max_steps=args.max_steps,
+                             device=args.device, progress=not args.quiet)]
     for identity in identities:
         print(f"published {identity.name} {identity.version} sha256 {identity.sha256}")
     return 0

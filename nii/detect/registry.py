@@ -190,7 +190,8 @@ def load_detector(name: str, version: str | None = None, root: str | os.PathLike
 
     The card's ``kind`` says which loader builds it; ``options`` go to that
     loader (for the contraband detector: ``device``, ``min_score``; for a
-    physics rule: threshold overrides such as ``min_mass_g``).
+    physics rule: threshold overrides such as ``min_mass_g``; for the anomaly
+    model: ``device``, ``min_score``, ``region_threshold``).
     """
     artifact = open_artifact(name, version, root)
     kind = artifact.card.get("kind")
@@ -202,4 +203,8 @@ def load_detector(name: str, version: str | None = None, root: str | os.PathLike
         from nii.detect.rules import RuleDetector
 
         return RuleDetector.from_artifact(artifact, **options)
+    if kind == "anomaly":
+        from nii.detect.anomaly import AnomalyDetector
+
+        return AnomalyDetector.from_artifact(artifact, **options)
     raise ModelArtifactError(f"{artifact.folder}: unknown model kind {kind!r}")
