@@ -39,11 +39,11 @@ from nii.detect.contraband import ContrabandDetector, build_model, image_tensor
 from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_clear
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import best_device
-from nii.detect.regions import THREAT_CLASSES, ModelIdentity
+from nii.detect.regions import THREAT_CLASSES, ModelIdentity, dicos_category
 from nii.detect.registry import MODELS_ROOT, publish_artifact
 
 __all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "learning_rate",
-           "train", "card_markdown", "metrics_markdown"]
+           "train", "publish_trained", "card_markdown", "metrics_markdown"]
 
 CACHE = Path("runs/cache")
 
@@ -264,32 +264,52 @@ def train(
     train_minutes = (time.monotonic() - started) / 60
 
     model = model.cpu().eval()
-    weights = io.BytesIO()
-    torch.save(model.state_dict(), weights)
     name, version = model_cfg["name"], str(model_cfg["version"])
     provisional = ModelIdentity(name, version, "unpublished")
     detector = ContrabandDetector(build_model(model_cfg, len(classes)), classes, provisional, device=target)
     detector.model.load_state_dict(model.state_dict())
     metrics, operating_points = evaluate_sets(detector, config, cache=cache, progress=progress)
+    return publish_trained(
+        config_path, model.state_dict(), kind="contraband-fcos",
+        detects="potential threat objects in 2D X-ray projections (pseudo-colour or calibrated dual-energy)",
+        classes=classes, sources=sources, steps=step, losses=losses, minutes=train_minutes, device=target,
+        metrics=metrics, operating_points=operating_points, models_root=models_root)
+
+
+def publish_trained(config_path: str | os.PathLike, state: Mapping[str, torch.Tensor], *, kind: str, detects: str,
+                    classes: Sequence[str], sources: Sequence[Mapping[str, Any]], steps: int,
+                    losses: Sequence[float], minutes: float, device: torch.device,
+                    metrics: Mapping[str, Any], operating_points: Mapping[str, Any],
+                    models_root: str | os.PathLike = MODELS_ROOT) -> ModelIdentity:
+    """Publish a trained network: weights, its config verbatim, and the model card.
+
+    The card records what was learned from (each source's sha256), how long
+    and where, and the metrics and operating points measured after training.
+    """
+    config = load_config(config_path)
+    model_cfg = config["model"]
     card = {
-        "kind": "contraband-fcos",
-        "detects": "potential threat objects in 2D X-ray projections (pseudo-colour or calibrated dual-energy)",
-        "classes": classes,
-        "dicos_categories": {c: THREAT_CLASSES.get(c, "ANOMALY") for c in classes},
+        "kind": kind,
+        "detects": detects,
+        "classes": list(classes),
+        "dicos_categories": {c: dicos_category(c) for c in classes},
         "architecture": {k: v for k, v in model_cfg.items() if k not in ("name", "version")},
         "training": {
-            "data": sources,
+            "data": list(sources),
             "data_sha256": hashlib.sha256("".join(s["sha256"] for s in sources).encode()).hexdigest(),
-            "steps": step,
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
-            "minutes": round(train_minutes, 1),
-            "device": str(target),
+            "steps": steps,
+            "final_loss": float(np.mean(losses[-50:])) if len(losses) else None,
+            "minutes": round(minutes, 1),
+            "device": str(device),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
         },
         "metrics": metrics,
         "operating_points": operating_points,
     }
+    weights = io.BytesIO()
+    torch.save(dict(state), weights)
+    name, version = model_cfg["name"], str(model_cfg["version"])
     files = {"weights.pt": weights.getvalue(), "config.toml": Path(config_path).read_bytes()}
     return publish_artifact(name, version, files, card, models_root, card_markdown=card_markdown(card, name, version))
 

@@ -19,12 +19,9 @@ data with ``threat_rate = 0`` may train it.
 
 from __future__ import annotations
 
-import hashlib
-import io
 import os
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -36,9 +33,9 @@ from nii.detect.anomaly import ANOMALY_CLASS, AnomalyDetector, AnomalyNet, anoma
 from nii.detect.datasets import load_sample
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import best_device
-from nii.detect.regions import ModelIdentity, dicos_category
-from nii.detect.registry import MODELS_ROOT, publish_artifact
-from nii.detect.train import CACHE, card_markdown, learning_rate, load_config, training_samples
+from nii.detect.regions import ModelIdentity
+from nii.detect.registry import MODELS_ROOT
+from nii.detect.train import CACHE, learning_rate, load_config, publish_trained, training_samples
 
 __all__ = ["is_anomaly_config", "check_clear_only", "build_anomaly_net", "train_anomaly"]
 
@@ -131,32 +128,13 @@ def train_anomaly(
     train_minutes = (time.monotonic() - started) / 60
 
     model = model.cpu().eval()
-    weights = io.BytesIO()
-    torch.save(model.state_dict(), weights)
-    name, version = model_cfg["name"], str(model_cfg["version"])
-    detector = AnomalyDetector(model, ModelIdentity(name, version, "unpublished"), pixel_scale=scale,
-                               region_threshold=float(model_cfg.get("region_threshold", 0.5)),
+    detector = AnomalyDetector(model, ModelIdentity(model_cfg["name"], str(model_cfg["version"]), "unpublished"),
+                               pixel_scale=scale, region_threshold=float(model_cfg.get("region_threshold", 0.5)),
                                views=int(model_cfg.get("views", 1)), device=target)
     metrics, operating_points = evaluate_sets(detector, config, cache=cache, progress=progress)
-    card = {
-        "kind": "anomaly",
-        "detects": ("anything a clear bag does not explain, threat or not, as a heat map and regions; "
-                    "trained on clear scans only, with made-up objects, never on threats"),
-        "classes": [ANOMALY_CLASS],
-        "dicos_categories": {ANOMALY_CLASS: dicos_category(ANOMALY_CLASS)},
-        "architecture": {k: v for k, v in model_cfg.items() if k not in ("name", "version")},
-        "training": {
-            "data": sources,
-            "data_sha256": hashlib.sha256("".join(s["sha256"] for s in sources).encode()).hexdigest(),
-            "steps": total,
-            "final_loss": float(np.mean(losses[-100:])) if losses else None,
-            "minutes": round(train_minutes, 1),
-            "device": str(target),
-            "threads": torch.get_num_threads(),
-            "torch": torch.__version__,
-        },
-        "metrics": metrics,
-        "operating_points": operating_points,
-    }
-    files = {"weights.pt": weights.getvalue(), "config.toml": Path(config_path).read_bytes()}
-    return publish_artifact(name, version, files, card, models_root, card_markdown=card_markdown(card, name, version))
+    return publish_trained(
+        config_path, model.state_dict(), kind="anomaly",
+        detects=("anything a clear bag does not explain, threat or not, as a heat map and regions; "
+                 "trained on clear scans only, with made-up objects, never on threats"),
+        classes=[ANOMALY_CLASS], sources=sources, steps=total, losses=losses, minutes=train_minutes, device=target,
+        metrics=metrics, operating_points=operating_points, models_root=models_root)
