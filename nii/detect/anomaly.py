@@ -43,6 +43,7 @@ from nii.detect.regions import ModelIdentity, Region
 __all__ = [
     "ANOMALY_CLASS",
     "AnomalyNet",
+    "to_pixel_scale",
     "dense_palette",
     "synthetic_object",
     "training_crop",
@@ -84,6 +85,16 @@ class AnomalyNet(nn.Module):
         coarse = nn.functional.interpolate(self.deep(fine), size=fine.shape[-2:], mode="bilinear",
                                            align_corners=False)
         return self.head(torch.cat([fine, coarse], 1))
+
+
+def to_pixel_scale(image: np.ndarray, scale: float) -> np.ndarray:
+    """``image`` resized by a fixed factor (area-averaged), at least 8 px a side.
+
+    Training and detection both go through here, so the model always sees
+    objects at the size it learned them.
+    """
+    size = (max(8, round(image.shape[1] * scale)), max(8, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def dense_palette(images: Sequence[np.ndarray], *, per_image: int = 200, seed: int = 0) -> np.ndarray:
@@ -336,8 +347,8 @@ class AnomalyDetector:
     def heat_map(self, image: np.ndarray) -> np.ndarray:
         """Anomaly probability per pixel of ``image`` ((rows, cols, 3) uint8), same size, float32."""
         rows, cols = image.shape[:2]
-        width, height = max(8, round(cols * self.pixel_scale)), max(8, round(rows * self.pixel_scale))
-        small = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+        small = to_pixel_scale(image, self.pixel_scale)
+        height, width = small.shape[:2]
         # Padded with air to a multiple of 16, so a flipped view's cells land
         # exactly on the unflipped view's.
         small = cv2.copyMakeBorder(small, 0, -height % 16, 0, -width % 16, cv2.BORDER_CONSTANT, value=(255, 255, 255))

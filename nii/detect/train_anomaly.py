@@ -24,12 +24,19 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from nii.detect.anomaly import ANOMALY_CLASS, AnomalyDetector, AnomalyNet, anomaly_loss, dense_palette, training_crop
+from nii.detect.anomaly import (
+    ANOMALY_CLASS,
+    AnomalyDetector,
+    AnomalyNet,
+    anomaly_loss,
+    dense_palette,
+    to_pixel_scale,
+    training_crop,
+)
 from nii.detect.datasets import load_sample
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import best_device
@@ -59,11 +66,6 @@ def build_anomaly_net(model_config: Mapping[str, Any]) -> AnomalyNet:
     """The network a config's ``[model]`` table describes (random weights)."""
     return AnomalyNet(tuple(model_config.get("widths", (16, 32, 64, 128))),
                       tuple(model_config.get("depths", (1, 2, 2, 3))))
-
-
-def _scaled(image: np.ndarray, scale: float) -> np.ndarray:
-    size = (max(8, round(image.shape[1] * scale)), max(8, round(image.shape[0] * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA)
 
 
 def train_anomaly(
@@ -98,7 +100,7 @@ def train_anomaly(
     scale = float(model_cfg.get("pixel_scale", 0.5))
 
     samples, sources = training_samples(config, cache=cache, progress=progress)
-    images = [_scaled(load_sample(s.path)[0], scale)
+    images = [to_pixel_scale(load_sample(s.path)[0], scale)
               for s in tqdm(samples, desc="load clear scans", unit="scan", disable=not progress)]
     palette = dense_palette(images, seed=seed)
 
