@@ -89,12 +89,16 @@ def test_shielding_rule_needs_dense_metal_and_mass():
     assert "consistent with shielding" in finding.explanation
 
 
-def _container(cargo_g_cm2: float, *, manifest: dict | None) -> CalibratedScan:
-    """A 10 m x 2.5 m container at 5 mm pixels: walls 2 g/cm^2, goods in the middle."""
+def _container(cargo_g_cm2: float, *, manifest: dict | None, steel_g_cm2: float = 0.0) -> CalibratedScan:
+    """A 10 m x 2.5 m container at 5 mm pixels: walls 2 g/cm^2, organic goods
+    (Zeff 7) in the middle and, where asked, a block of steel beside them."""
     areal = np.zeros((2400, 640), np.float32)
+    zeff = np.full(areal.shape, 7.0, np.float32)
     areal[200:2200, 60:560] = 2.0  # both side walls, everywhere inside
     areal[1000:1400, 300:500] += cargo_g_cm2  # 2 m x 1 m of goods
-    scan = _projection(np.full(areal.shape, 7.0, np.float32), areal, metadata={"manifest": manifest} if manifest else {})
+    areal[1400:1600, 300:500] += steel_g_cm2  # 1 m x 1 m of steel
+    zeff[1400:1600, 300:500] = 26.0 if steel_g_cm2 else 7.0
+    scan = _projection(zeff, areal, metadata={"manifest": manifest} if manifest else {})
     return CalibratedScan(scan.scan, scan.attenuation, scan.opaque, (5.0, 5.0), scan.profile_id, scan.zeff,
                           scan.areal_density_g_cm2, scan.material_class)
 
@@ -111,6 +115,33 @@ def test_manifest_rule_flags_wrong_weight_and_false_empty():
                                                               "tare_kg": 2200.0}))
     assert "declared empty" in empty.explanation
     assert ManifestRule().find(_container(50.0, manifest=None)) == []  # no declaration, nothing to check
+
+
+def test_manifest_rule_flags_a_material_mix_the_declared_goods_cannot_have():
+    # 1000 kg of organic goods and 500 kg of steel behind a declaration whose
+    # weight is right: only the material mix gives it away.
+    declared = {"goods": "textiles", "gross_kg": 3700.0, "tare_kg": 2200.0}
+    (mixed,) = ManifestRule().find(_container(50.0, steel_g_cm2=50.0, manifest=declared))
+    assert mixed.measurements["inorganic_share"] == pytest.approx(1 / 3, abs=0.01)
+    assert "declared textiles, but 33% of the cargo mass is at Zeff 13 or above (expected 0-31%)" in mixed.explanation
+    assert "declared gross" not in mixed.explanation  # the weight is not what fired
+    # Machinery is mostly steel: the same scan is in its band at a wider setting,
+    # and all-organic cargo declared as machinery is out of it.
+    assert ManifestRule(inorganic_share={"machinery": (0.2, 1.0)}).find(
+        _container(50.0, steel_g_cm2=50.0, manifest={**declared, "goods": "machinery"})) == []
+    (organic,) = ManifestRule().find(_container(75.0, manifest={**declared, "goods": "machinery"}))
+    assert "declared machinery, but 0% of the cargo mass" in organic.explanation
+    # Goods types without a band are not checked for mix.
+    assert ManifestRule(inorganic_share={}).find(_container(50.0, steel_g_cm2=50.0, manifest=declared)) == []
+
+
+def test_manifest_material_bands_come_from_the_config():
+    rule = build_rule("manifest", {"inorganic_share": {"textiles": [0, 0.5]}})
+    assert rule.inorganic_share == {"textiles": [0.0, 0.5]}
+    with pytest.raises(ValueError, match="inorganic_share for 'textiles' must be"):
+        build_rule("manifest", {"inorganic_share": {"textiles": [0.6, 0.5]}})
+    with pytest.raises(ValueError, match="threshold weight_tolerance must be a number"):
+        build_rule("manifest", {"weight_tolerance": "lots"})
 
 
 def test_ct_density_rule_segments_in_3d_and_weighs():
@@ -207,7 +238,8 @@ def test_2d_explosive_rule_meets_the_explosive_floor(floor_sets):
 
 def test_manifest_rule_meets_the_weight_floor(floor_sets):
     result = evaluate_against_truth(_shipped("rule-manifest"), floor_sets["cargo"],
-                                    targets=["manifest:wrong_weight", "manifest:false_empty"], progress=False)
+                                    targets=["manifest:wrong_weight", "manifest:false_empty",
+                                             "manifest:undeclared_goods"], progress=False)
     assert result["pd_by_target"]["manifest:wrong_weight"] >= 0.9, result
     assert result["pd_by_target"]["manifest:false_empty"] >= 0.9, result
     assert result["pfa"] <= 0.05, result

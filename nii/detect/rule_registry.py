@@ -86,7 +86,9 @@ def publish_rules(config_path: str | os.PathLike, *, models_root: str | os.PathL
     for name, entry in rules.items():
         rule = build_rule(name, entry.get("parameters"))
         model_name = rule_model_name(name)
-        detector = RuleDetector(rule, ModelIdentity(model_name, str(config["version"]), "unpublished"))
+        # A rule whose logic changed gets its own version; the others keep the config's.
+        version = str(entry.get("version", config["version"]))
+        detector = RuleDetector(rule, ModelIdentity(model_name, version, "unpublished"))
         min_mass = float(entry.get("min_target_mass_g", 0.0))
         metrics, data = {}, {}
         for set_name in entry.get("sets", []):
@@ -108,8 +110,8 @@ def publish_rules(config_path: str | os.PathLike, *, models_root: str | os.PathL
             "metrics": metrics,
         }
         files = {"config.toml": Path(config_path).read_bytes()}
-        published.append(publish_artifact(model_name, str(config["version"]), files, card, models_root,
-                                          card_markdown=_card_markdown(card, model_name, str(config["version"]))))
+        published.append(publish_artifact(model_name, version, files, card, models_root,
+                                          card_markdown=_card_markdown(card, model_name, version)))
     return published
 
 

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar, NamedTuple
 
 import cv2
@@ -52,6 +53,9 @@ __all__ = [
     "ExplosiveMassRule",
     "ShieldingRule",
     "ManifestRule",
+    "cargo_areal_density",
+    "estimate_cargo_kg",
+    "inorganic_mass_share",
     "CTDensityRule",
     "RULES",
     "RuleDetector",
@@ -307,13 +311,21 @@ def container_interior(areal: np.ndarray, spacing_mm: float, *, wall_areal_g_cm2
     return slice(r0, r1), slice(c0, c1)
 
 
-def estimate_cargo_kg(calibrated: CalibratedScan, *, wall_percentile: float = 5.0) -> tuple[float, tuple[slice, slice]]:
-    """Cargo mass in a container scan, from areal density.
+def cargo_areal_density(calibrated: CalibratedScan, *,
+                        wall_percentile: float = 5.0) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """Areal density (g/cm^2) of the cargo alone inside a container scan.
 
     The container's own steel is taken out twice over: the frames, roof and
     floor by keeping to :func:`container_interior`, the side walls (crossed
     everywhere inside) by subtracting their areal density, the interior's
     ``wall_percentile`` (where nothing but walls is in the beam).
+
+    Returns
+    -------
+    cargo : ndarray
+        Net areal density over the interior, never negative.
+    interior : (slice, slice)
+        Where the interior is in the scan.
 
     Raises
     ------
@@ -326,13 +338,49 @@ def estimate_cargo_kg(calibrated: CalibratedScan, *, wall_percentile: float = 5.
         raise ValueError("no container found in the scan: the manifest rule needs a container scan")
     inside = areal[interior]
     walls = float(np.percentile(inside, wall_percentile))
-    mass_g = float(np.clip(inside - walls, 0.0, None).sum()) * _pixel_area_cm2(calibrated)
-    return mass_g / 1000.0, interior
+    return np.clip(inside - walls, 0.0, None), interior
+
+
+def estimate_cargo_kg(calibrated: CalibratedScan) -> tuple[float, tuple[slice, slice]]:
+    """Cargo mass (kg) in a container scan, from :func:`cargo_areal_density`."""
+    cargo, interior = cargo_areal_density(calibrated)
+    return float(cargo.sum()) * _pixel_area_cm2(calibrated) / 1000.0, interior
+
+
+def inorganic_mass_share(cargo_g_cm2: np.ndarray, zeff: np.ndarray, *, min_zeff: float = 13.0,
+                         min_cargo_g_cm2: float = 5.0) -> float | None:
+    """Share of the cargo's mass whose Zeff is at least ``min_zeff``.
+
+    Weighted by areal density, so a thin layer of noise does not count as
+    much as a pallet. Pixels with less than ``min_cargo_g_cm2`` of cargo
+    are left out: their Zeff is mostly the walls'. None when no pixel has
+    that much cargo.
+    """
+    counted = cargo_g_cm2 >= min_cargo_g_cm2
+    total = float(cargo_g_cm2[counted].sum())
+    if total == 0.0:
+        return None
+    return float(cargo_g_cm2[counted & (zeff >= min_zeff)].sum()) / total
+
+
+# Share of cargo mass at Zeff >= 13 that each declared goods type may show
+# (cargo-linac, 6/4 MeV). The upper bounds, and the lower bounds of goods
+# that are mostly inorganic themselves (ceramics, machinery), were set on
+# the rules config's cargo-val set: its honest range per type, widened by
+# 0.1 for scan-to-scan spread. Organic goods start at 0, since a cleaner
+# scan of honest goods must not alarm. Goods of one material class hidden
+# in another's (steel in textiles, food in machinery) move the share out of
+# its band; organic goods hidden in organic goods cannot, as their Zeff is
+# the same.
+DEFAULT_INORGANIC_SHARE: Mapping[str, tuple[float, float]] = MappingProxyType({
+    "furniture": (0.0, 0.41), "textiles": (0.0, 0.31), "food": (0.0, 0.38),
+    "electronics": (0.0, 0.39), "ceramics": (0.30, 0.84), "machinery": (0.82, 1.0),
+})
 
 
 @dataclasses.dataclass(frozen=True)
 class ManifestRule:
-    """Cargo manifest consistency: declared weight and emptiness against the scan.
+    """Cargo manifest consistency: declared weight, emptiness and material mix against the scan.
 
     The scan must carry its declaration in ``scan.metadata["manifest"]``
     (``goods``, ``gross_kg``, ``tare_kg``); scans without one give nothing.
@@ -346,12 +394,27 @@ class ManifestRule:
         that alarms.
     empty_tolerance_kg : float
         Cargo mass above which a container declared empty alarms.
+    inorganic_min_zeff : float
+        Zeff from which cargo counts as inorganic for the material mix.
+    inorganic_share : mapping of goods type to (low, high)
+        The share of cargo mass at ``inorganic_min_zeff`` or above that
+        each declared goods type may show; outside it, the scan alarms.
+        Goods types not listed are not checked for material mix.
     """
 
     name: ClassVar[str] = "manifest"
     class_name: ClassVar[str] = "manifest_mismatch"
     weight_tolerance: float = 0.15
     empty_tolerance_kg: float = 400.0
+    inorganic_min_zeff: float = 13.0
+    inorganic_share: Mapping[str, tuple[float, float]] = dataclasses.field(
+        default_factory=lambda: dict(DEFAULT_INORGANIC_SHARE))
+
+    def __post_init__(self) -> None:
+        for goods, band in self.inorganic_share.items():
+            if len(band) != 2 or not 0.0 <= band[0] <= band[1] <= 1.0:
+                raise ValueError(f"inorganic_share for {goods!r} must be [low, high] with 0 <= low <= high <= 1, "
+                                 f"got {band!r}")
 
     def find(self, calibrated: CalibratedScan) -> list[Finding]:
         manifest = calibrated.scan.metadata.get("manifest")
@@ -362,13 +425,18 @@ class ManifestRule:
             declared_gross, tare = float(manifest["gross_kg"]), float(manifest["tare_kg"])
         except (KeyError, TypeError, ValueError):
             raise ValueError("the scan's manifest needs numeric gross_kg and tare_kg") from None
-        cargo_kg, interior = estimate_cargo_kg(calibrated)
+        goods = str(manifest.get("goods", "")).lower()
+        cargo, interior = cargo_areal_density(calibrated)
+        cargo_kg = float(cargo.sum()) * _pixel_area_cm2(calibrated) / 1000.0
         estimated_gross = tare + cargo_kg
         difference = (declared_gross - estimated_gross) / estimated_gross
+        share = inorganic_mass_share(cargo, calibrated.zeff[interior], min_zeff=self.inorganic_min_zeff)
         measurements = {"estimated_cargo_kg": cargo_kg, "estimated_gross_kg": estimated_gross,
                         "declared_gross_kg": declared_gross, "weight_difference": difference}
+        if share is not None:
+            measurements["inorganic_share"] = share
         reasons, excess = [], []
-        if str(manifest.get("goods", "")).lower() == "empty" and cargo_kg > self.empty_tolerance_kg:
+        if goods == "empty" and cargo_kg > self.empty_tolerance_kg:
             reasons.append(f"declared empty, but the scan shows about {cargo_kg:.0f} kg of cargo "
                            f"(tolerance {self.empty_tolerance_kg:g} kg)")
             excess.append(_ratio_score(cargo_kg, self.empty_tolerance_kg))
@@ -377,6 +445,14 @@ class ManifestRule:
                            f"(tare {tare:.0f} + cargo {cargo_kg:.0f}): {100 * difference:+.0f}%, "
                            f"tolerance {100 * self.weight_tolerance:.0f}%")
             excess.append(_ratio_score(abs(difference), self.weight_tolerance))
+        band = self.inorganic_share.get(goods)
+        if band is not None and share is not None and not band[0] <= share <= band[1]:
+            low, high = band
+            reasons.append(f"declared {goods}, but {100 * share:.0f}% of the cargo mass is at Zeff "
+                           f"{self.inorganic_min_zeff:g} or above (expected {100 * low:.0f}-{100 * high:.0f}%): "
+                           f"goods of another material are inside")
+            outside = low - share if share < low else share - high
+            excess.append(min(0.5 + outside, 1.0))
         if not reasons:
             return []
         rows, cols = interior
@@ -461,7 +537,18 @@ def build_rule(name: str, parameters: Mapping[str, Any] | None = None):
     unknown = sorted(set(parameters or {}) - known)
     if unknown:
         raise ValueError(f"rule {name!r} has no threshold {', '.join(unknown)}; it has {', '.join(sorted(known))}")
-    return rule(**{k: float(v) for k, v in (parameters or {}).items()})
+    return rule(**{k: _threshold(name, k, v) for k, v in (parameters or {}).items()})
+
+
+def _threshold(rule: str, name: str, value: Any) -> Any:
+    """A threshold from a config: a number, or a table of [low, high] bands by name."""
+    try:
+        if isinstance(value, Mapping):
+            return {str(k): [float(x) for x in v] for k, v in value.items()}
+        return float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"rule {rule!r}: threshold {name} must be a number or a table of [low, high] "
+                         f"pairs, got {value!r}") from None
 
 
 class RuleDetector:
