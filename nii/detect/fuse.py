@@ -1,0 +1,189 @@
+"""Fuse the regions of several models into alerts, and decide ALARM or CLEAR.
+
+Each model and rule reports what it found on its own; the officer must see
+one alert per object, with every model that saw it. :func:`fuse_regions`
+merges overlapping regions of the same class (class-aware: a knife and a
+firearm on the same spot stay two alerts), and lets a class-agnostic region
+(the anomaly model's, a rule's ``opaque``) join the specific alert it lies
+on as supporting evidence rather than making a second box. Nothing is
+dropped: every source region stays in :attr:`Alert.sources`.
+
+:func:`decide` turns alerts into the scan's verdict at an operating point:
+an alert *alarms* when one of its sources reaches its model's threshold for
+its class; the scan is ALARM when any alert alarms. Alerts below threshold
+are kept as advisories for the officer's screen.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+
+from nii.detect.metrics import box_overlap
+from nii.detect.regions import ModelIdentity, Region, dicos_category
+
+__all__ = ["AGNOSTIC_CLASSES", "ALARM", "CLEAR", "Alert", "fuse_regions", "decide", "threshold_test"]
+
+ALARM, CLEAR = "ALARM", "CLEAR"
+
+# Classes that say "something is here" without saying what: they support a
+# specific alert on the same spot instead of standing beside it.
+AGNOSTIC_CLASSES: frozenset[str] = frozenset({"anomaly", "opaque"})
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Alert:
+    """One potential threat object after fusion.
+
+    Parameters
+    ----------
+    id : int
+        1-based, in order of score, unique within the scan.
+    class_name : str
+        The most specific class among the sources.
+    score : float
+        The highest source score.
+    box : tuple of float
+        The box of the highest-scoring source of ``class_name`` (2D
+        ``(x0, y0, x1, y1)`` pixels or 3D voxels, ends exclusive).
+    sources : tuple of Region
+        Every region merged here, highest score first.
+    alarm : bool
+        Whether a source reached its model's threshold at the operating
+        point; False marks an advisory.
+    """
+
+    id: int
+    class_name: str
+    score: float
+    box: tuple[float, ...]
+    sources: tuple[Region, ...]
+    alarm: bool
+
+    @property
+    def dicos_category(self) -> str:
+        return dicos_category(self.class_name)
+
+    @property
+    def label(self) -> str:
+        """What the annotated image prints beside the box."""
+        return f"{self.id} {self.class_name} {self.score:.2f}"
+
+    @property
+    def severity(self) -> str:
+        """``alarm`` or ``advisory``: what the annotation colours by."""
+        return "alarm" if self.alarm else "advisory"
+
+    @property
+    def models(self) -> tuple[ModelIdentity, ...]:
+        """Each source model once, in source order."""
+        return tuple(dict.fromkeys(s.model for s in self.sources))
+
+    @property
+    def mask(self) -> np.ndarray | None:
+        """The mask of the first source that has one."""
+        return next((s.mask for s in self.sources if s.mask is not None), None)
+
+    @property
+    def explanation(self) -> str:
+        return "; ".join(dict.fromkeys(s.explanation for s in self.sources if s.explanation))
+
+    @property
+    def measurements(self) -> dict[str, float]:
+        """Every source's measurements; the higher-scoring source wins a name both have."""
+        merged: dict[str, float] = {}
+        for source in self.sources:
+            for name, value in source.measurements.items():
+                merged.setdefault(name, float(value))
+        return merged
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready form (masks go to files of their own)."""
+        record: dict[str, object] = {
+            "id": self.id,
+            "class": self.class_name,
+            "dicos_category": self.dicos_category,
+            "label": self.label,
+            "score": round(float(self.score), 4),
+            "severity": self.severity,
+            "box": [round(float(v), 1) for v in self.box],
+            "model": dataclasses.asdict(self.sources[0].model),
+            "sources": [s.to_dict() for s in self.sources],
+        }
+        measurements = self.measurements
+        if "zeff" in measurements:
+            record["zeff"] = round(measurements["zeff"], 2)
+        if "mass_g" in measurements:
+            record["mass_g"] = round(measurements["mass_g"], 1)
+        if measurements:
+            record["measurements"] = {k: round(v, 3) for k, v in measurements.items()}
+        if self.explanation:
+            record["explanation"] = self.explanation
+        return record
+
+
+def _compatible(a: str, b: str) -> bool:
+    return a == b or a in AGNOSTIC_CLASSES or b in AGNOSTIC_CLASSES
+
+
+def fuse_regions(regions: Sequence[Region], *, min_overlap: float = 0.5,
+                 passes: Callable[[Region], bool] = lambda region: True) -> list[Alert]:
+    """Merge overlapping regions of compatible classes into alerts.
+
+    Parameters
+    ----------
+    regions : sequence of Region
+        From any number of models, in any order.
+    min_overlap : float
+        :func:`~nii.detect.metrics.box_overlap` (intersection over the
+        smaller box) from which two compatible regions are one object.
+        Over the smaller box, so a rule's tight mask box inside a learned
+        model's loose box still merges.
+    passes : callable
+        Whether a region reaches its model's threshold (the operating
+        point); an alert alarms when any source passes.
+
+    Returns
+    -------
+    list of Alert
+        Highest score first, ids from 1.
+    """
+    groups: list[list[Region]] = []
+    for region in sorted(regions, key=lambda r: -r.score):
+        for group in groups:
+            if all(_compatible(region.class_name, other.class_name) for other in group) and \
+                    any(box_overlap(region.box, other.box) >= min_overlap for other in group):
+                group.append(region)
+                break
+        else:
+            groups.append([region])
+    alerts = []
+    for group in groups:
+        specific = [r for r in group if r.class_name not in AGNOSTIC_CLASSES] or group
+        alerts.append((specific[0], group))
+    alerts.sort(key=lambda item: -max(r.score for r in item[1]))
+    return [Alert(i, lead.class_name, max(r.score for r in group), lead.box, tuple(group),
+                  any(passes(r) for r in group))
+            for i, (lead, group) in enumerate(alerts, start=1)]
+
+
+def decide(alerts: Sequence[Alert]) -> str:
+    """ALARM when any alert alarms at the operating point, else CLEAR."""
+    return ALARM if any(a.alarm for a in alerts) else CLEAR
+
+
+def threshold_test(thresholds: Mapping[str, Mapping[str, float]]) -> Callable[[Region], bool]:
+    """``passes`` for :func:`fuse_regions` from thresholds by model name and class.
+
+    ``thresholds[model][class]`` or ``thresholds[model]["*"]``; a model not
+    named alarms on every region (rules report only what crossed their own
+    thresholds).
+    """
+    def passes(region: Region) -> bool:
+        by_class = thresholds.get(region.model.name)
+        if by_class is None:
+            return True
+        return region.score >= by_class.get(region.class_name, by_class.get("*", 0.0))
+    return passes
