@@ -135,6 +135,43 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def _output_folder(out: Path, source: Path, used: set[str]) -> Path:
+    """A folder per scan named after its file (dots to dashes, so bag.png and
+    bag.jpg differ), with -2, -3... when two inputs share a name."""
+    stem = source.name.replace(".", "-") or "scan"
+    name, n = stem, 1
+    while name in used:
+        n += 1
+        name = f"{stem}-{n}"
+    used.add(name)
+    return out / name
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """Analyse scans with the pipeline and write each one's outputs; 1 if any is refused."""
+    from nii.annotate.result import result_record, summary_line, write_outputs
+    from nii.pipeline import AnalysisError, Pipeline
+
+    pipeline = Pipeline.from_config(args.config)
+    out = Path(args.out)
+    refused, used = 0, set()
+    for source in find_scans(args.paths):
+        try:
+            result = pipeline.analyze(source)
+        except AnalysisError as err:
+            refused += 1
+            line = json.dumps({"path": str(source.path), "error": str(err)}) if args.json else \
+                f"{source.path}  REFUSED: {err}"
+            print(line, flush=True)
+            continue
+        paths = write_outputs(result, _output_folder(out, Path(source.path), used))
+        if args.json:
+            print(json.dumps({**result_record(result), "outputs": {k: str(v) for k, v in paths.items()}}), flush=True)
+        else:
+            print(f"{source.path}  {summary_line(result)}  -> {paths['result'].parent}", flush=True)
+    return 1 if refused else 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector from a config and publish it to the registry."""
     from nii.detect.registry import MODELS_ROOT
@@ -299,6 +336,13 @@ def build_parser() -> argparse.ArgumentParser:
                         help="attenuation window for the window tool")
     render.add_argument("--profile", help="profile file (default calibration/<scanner>/profile.npz if present)")
     render.set_defaults(run=cmd_render)
+
+    analyze = commands.add_parser("analyze", help="analyse scans: annotated image, result JSON and DICOS TDR per scan")
+    analyze.add_argument("paths", nargs="+", metavar="PATH", help="scan files or folders (walked recursively)")
+    analyze.add_argument("--out", required=True, help="folder for the outputs, one sub-folder per scan")
+    analyze.add_argument("--config", help="pipeline config (default: configs/pipeline.toml)")
+    analyze.add_argument("--json", action="store_true", help="print one result object per scan")
+    analyze.set_defaults(run=cmd_analyze)
 
     train = commands.add_parser("train", help="train a detector (or evaluate the physics rules) and publish it under models/")
     train.add_argument("config", metavar="CONFIG",

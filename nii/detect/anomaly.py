@@ -39,6 +39,7 @@ from nii.calibrate.calibrated import CalibratedScan
 from nii.detect.fcos import PlainBackbone, best_device
 from nii.detect.inputs import detector_image
 from nii.detect.regions import ModelIdentity, Region
+from nii.scan import ScanKind
 
 __all__ = [
     "ANOMALY_CLASS",
@@ -372,6 +373,10 @@ class AnomalyDetector:
                 view = view.transpose(2, 3) if turned else view
                 total = view if total is None else total + view
         return total / (len(flips) * (2 if self.views == 8 else 1))
+
+    def applies_to(self, calibrated: CalibratedScan) -> bool:
+        """2D projections only (the pipeline skips it for CT volumes)."""
+        return calibrated.scan.kind is not ScanKind.CT_VOLUME
 
     def detect(self, calibrated: CalibratedScan) -> list[Region]:
         """Regions in one calibrated 2D scan, most anomalous first."""

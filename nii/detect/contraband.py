@@ -20,6 +20,7 @@ from nii.calibrate.calibrated import CalibratedScan
 from nii.detect.fcos import best_device, fcos_plain
 from nii.detect.inputs import detector_image
 from nii.detect.regions import ModelIdentity, Region
+from nii.scan import ScanKind
 
 __all__ = ["ContrabandDetector", "build_model", "image_tensor"]
 
@@ -88,6 +89,10 @@ class ContrabandDetector:
         model.load_state_dict(state)
         return cls(model, classes, artifact.identity, min_score=min_score, device=device,
                    operating_points=artifact.card.get("operating_points"))
+
+    def applies_to(self, calibrated: CalibratedScan) -> bool:
+        """2D projections only (the pipeline skips it for CT volumes)."""
+        return calibrated.scan.kind is not ScanKind.CT_VOLUME
 
     def detect(self, calibrated: CalibratedScan) -> list[Region]:
         """Regions in one calibrated 2D scan, highest score first."""

@@ -21,7 +21,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
-from nii.detect.metrics import box_overlap
+from nii.detect.metrics import box_iou
 from nii.detect.regions import ModelIdentity, Region, dicos_category
 
 __all__ = ["AGNOSTIC_CLASSES", "ALARM", "CLEAR", "Alert", "fuse_regions", "decide", "threshold_test"]
@@ -40,11 +40,12 @@ class Alert:
     Parameters
     ----------
     id : int
-        1-based, in order of score, unique within the scan.
+        1-based, alarms first then by score, unique within the scan.
     class_name : str
         The most specific class among the sources.
     score : float
-        The highest source score.
+        The score of the source whose class it has (a class-agnostic
+        source's score does not make a knife more certain).
     box : tuple of float
         The box of the highest-scoring source of ``class_name`` (2D
         ``(x0, y0, x1, y1)`` pixels or 3D voxels, ends exclusive).
@@ -68,8 +69,10 @@ class Alert:
 
     @property
     def label(self) -> str:
-        """What the annotated image prints beside the box."""
-        return f"{self.id} {self.class_name} {self.score:.2f}"
+        """What the annotated image prints beside the box: id, class, score,
+        and ``+class`` for each other class that supports it."""
+        others = dict.fromkeys(s.class_name for s in self.sources if s.class_name != self.class_name)
+        return f"{self.id} {self.class_name} {self.score:.2f}" + "".join(f" +{c}" for c in others)
 
     @property
     def severity(self) -> str:
@@ -128,7 +131,7 @@ def _compatible(a: str, b: str) -> bool:
     return a == b or a in AGNOSTIC_CLASSES or b in AGNOSTIC_CLASSES
 
 
-def fuse_regions(regions: Sequence[Region], *, min_overlap: float = 0.5,
+def fuse_regions(regions: Sequence[Region], *, min_overlap: float = 0.3,
                  passes: Callable[[Region], bool] = lambda region: True) -> list[Alert]:
     """Merge overlapping regions of compatible classes into alerts.
 
@@ -137,10 +140,9 @@ def fuse_regions(regions: Sequence[Region], *, min_overlap: float = 0.5,
     regions : sequence of Region
         From any number of models, in any order.
     min_overlap : float
-        :func:`~nii.detect.metrics.box_overlap` (intersection over the
-        smaller box) from which two compatible regions are one object.
-        Over the smaller box, so a rule's tight mask box inside a learned
-        model's loose box still merges.
+        Intersection over union from which two compatible regions are one
+        object. Not over the smaller box: a detector's loose, low-scoring
+        box round half the bag must not swallow a small anomaly in it.
     passes : callable
         Whether a region reaches its model's threshold (the operating
         point); an alert alarms when any source passes.
@@ -148,13 +150,13 @@ def fuse_regions(regions: Sequence[Region], *, min_overlap: float = 0.5,
     Returns
     -------
     list of Alert
-        Highest score first, ids from 1.
+        Alarms first, then advisories, each highest score first; ids from 1.
     """
     groups: list[list[Region]] = []
     for region in sorted(regions, key=lambda r: -r.score):
         for group in groups:
             if all(_compatible(region.class_name, other.class_name) for other in group) and \
-                    any(box_overlap(region.box, other.box) >= min_overlap for other in group):
+                    any(box_iou(region.box, other.box) >= min_overlap for other in group):
                 group.append(region)
                 break
         else:
@@ -162,11 +164,10 @@ def fuse_regions(regions: Sequence[Region], *, min_overlap: float = 0.5,
     alerts = []
     for group in groups:
         specific = [r for r in group if r.class_name not in AGNOSTIC_CLASSES] or group
-        alerts.append((specific[0], group))
-    alerts.sort(key=lambda item: -max(r.score for r in item[1]))
-    return [Alert(i, lead.class_name, max(r.score for r in group), lead.box, tuple(group),
-                  any(passes(r) for r in group))
-            for i, (lead, group) in enumerate(alerts, start=1)]
+        alerts.append((specific[0], group, any(passes(r) for r in group)))
+    alerts.sort(key=lambda item: (not item[2], -item[0].score))  # alarms first
+    return [Alert(i, lead.class_name, lead.score, lead.box, tuple(group), alarm)
+            for i, (lead, group, alarm) in enumerate(alerts, start=1)]
 
 
 def decide(alerts: Sequence[Alert]) -> str:

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 from scipy.stats import mannwhitneyu
 
-__all__ = ["box_metrics", "threshold_at_pfa", "screening_metrics", "pd_pfa_curve", "box_overlap",
+__all__ = ["box_metrics", "threshold_at_pfa", "screening_metrics", "pd_pfa_curve", "box_overlap", "box_iou",
            "localisation_metrics", "PFA_POINTS"]
 
 # False alarm rates at which nii evaluate reports Pd.
@@ -175,6 +175,17 @@ def pd_pfa_curve(scores: Sequence[float], threat: Sequence[bool]) -> tuple[np.nd
     return pfa, pd, thresholds
 
 
+def _intersection_and_sizes(a: Sequence[float], b: Sequence[float]) -> tuple[float, float, float]:
+    """Intersection, size of a and size of b, for boxes of 2 or 3 dimensions."""
+    half = len(a) // 2
+    inter, size_a, size_b = 1.0, 1.0, 1.0
+    for i in range(half):
+        inter *= max(0.0, min(a[i + half], b[i + half]) - max(a[i], b[i]))
+        size_a *= max(0.0, a[i + half] - a[i])
+        size_b *= max(0.0, b[i + half] - b[i])
+    return inter, size_a, size_b
+
+
 def box_overlap(a: Sequence[float], b: Sequence[float]) -> float:
     """Intersection over the smaller of two boxes (2D or 3D, same layout).
 
@@ -182,14 +193,16 @@ def box_overlap(a: Sequence[float], b: Sequence[float]) -> float:
     detonator or a shield with what it hides, so "covers most of one or the
     other" is the fair test, not IoU.
     """
-    half = len(a) // 2
-    inter, size_a, size_b = 1.0, 1.0, 1.0
-    for i in range(half):
-        inter *= max(0.0, min(a[i + half], b[i + half]) - max(a[i], b[i]))
-        size_a *= max(0.0, a[i + half] - a[i])
-        size_b *= max(0.0, b[i + half] - b[i])
+    inter, size_a, size_b = _intersection_and_sizes(a, b)
     smaller = min(size_a, size_b)
     return inter / smaller if smaller > 0 else 0.0
+
+
+def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
+    """Intersection over union of two boxes (2D or 3D, same layout)."""
+    inter, size_a, size_b = _intersection_and_sizes(a, b)
+    union = size_a + size_b - inter
+    return inter / union if union > 0 else 0.0
 
 
 def localisation_metrics(predictions: Sequence[tuple[np.ndarray, np.ndarray, Sequence[str]]],

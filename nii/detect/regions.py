@@ -154,6 +154,10 @@ class Detector(Protocol):
     identity: ModelIdentity
     classes: Sequence[str]
 
+    def applies_to(self, calibrated: CalibratedScan) -> bool:
+        """Whether this detector can judge the scan (a CT rule cannot judge a radiograph)."""
+        ...
+
     def detect(self, calibrated: CalibratedScan) -> list[Region]:
         """Regions found in one calibrated scan, highest score first."""
         ...

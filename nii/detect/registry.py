@@ -40,6 +40,7 @@ __all__ = [
     "open_artifact",
     "publish_artifact",
     "load_detector",
+    "detector_from_artifact",
 ]
 
 # Shipped models live in the repository's models/ folder.
@@ -193,7 +194,11 @@ def load_detector(name: str, version: str | None = None, root: str | os.PathLike
     physics rule: threshold overrides such as ``min_mass_g``; for the anomaly
     model: ``device``, ``min_score``, ``region_threshold``).
     """
-    artifact = open_artifact(name, version, root)
+    return detector_from_artifact(open_artifact(name, version, root), **options)
+
+
+def detector_from_artifact(artifact: ModelArtifact, **options: Any):
+    """The detector an opened artifact holds; see :func:`load_detector`."""
     kind = artifact.card.get("kind")
     if kind == "contraband-fcos":
         from nii.detect.contraband import ContrabandDetector

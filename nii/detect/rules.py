@@ -60,6 +60,7 @@ __all__ = [
     "RULES",
     "RuleDetector",
     "build_rule",
+    "unmet_need",
 ]
 
 
@@ -122,11 +123,31 @@ def _full_mask(shape: tuple[int, ...], box: tuple[slice, ...], inside: np.ndarra
     return full
 
 
-def _need_projection(calibrated: CalibratedScan, rule: str, *, dual_energy: bool) -> None:
-    if calibrated.scan.kind is ScanKind.CT_VOLUME:
-        raise ValueError(f"the {rule} rule takes 2D projection scans, not CT volumes")
-    if dual_energy and (calibrated.zeff is None or calibrated.areal_density_g_cm2 is None):
-        raise ValueError(f"the {rule} rule needs a calibrated dual-energy scan (Zeff and areal density)")
+def unmet_need(needs: str, calibrated: CalibratedScan) -> str | None:
+    """Why a rule that ``needs`` ``"projection"``, ``"dual_energy"`` or ``"ct"``
+    cannot judge ``calibrated``, or None when it can.
+
+    Dual-energy rules measure mass and Zeff, so they need a scanner's own
+    material calibration: a palette estimate from an archived rendering is
+    not physics an officer can quote.
+    """
+    is_ct = calibrated.scan.kind is ScanKind.CT_VOLUME
+    if needs == "ct":
+        return None if is_ct else "it takes CT volumes"
+    if is_ct:
+        return "it takes 2D projection scans, not CT volumes"
+    if calibrated.spacing_mm is None:
+        return "the scan has no pixel spacing, so areas and masses cannot be measured"
+    if needs == "dual_energy" and (calibrated.zeff is None or calibrated.areal_density_g_cm2 is None
+                                   or not calibrated.calibrated):
+        return "it needs a calibrated dual-energy scan (Zeff and areal density from the scanner's profile)"
+    return None
+
+
+def _need(calibrated: CalibratedScan, rule: Any) -> None:
+    reason = unmet_need(rule.needs, calibrated)
+    if reason is not None:
+        raise ValueError(f"the {rule.name} rule cannot judge this scan: {reason}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,11 +162,12 @@ class OpaqueRule:
     """
 
     name: ClassVar[str] = "opaque"
+    needs: ClassVar[str] = "projection"
     class_name: ClassVar[str] = "opaque"
     min_area_cm2: float = 10.0
 
     def find(self, calibrated: CalibratedScan) -> list[Finding]:
-        _need_projection(calibrated, self.name, dual_energy=False)
+        _need(calibrated, self)
         pixel_cm2 = _pixel_area_cm2(calibrated)
         # Close one-pixel gaps (noise at the edge of penetration) before measuring.
         opaque = cv2.morphologyEx(calibrated.opaque.view(np.uint8), cv2.MORPH_CLOSE, _disc(1)).astype(bool)
@@ -204,6 +226,7 @@ class ExplosiveMassRule:
     """
 
     name: ClassVar[str] = "explosive"
+    needs: ClassVar[str] = "dual_energy"
     class_name: ClassVar[str] = "explosive"
     zeff_min: float = 6.9
     zeff_max: float = 9.5
@@ -212,7 +235,7 @@ class ExplosiveMassRule:
     min_mass_g: float = 100.0
 
     def find(self, calibrated: CalibratedScan) -> list[Finding]:
-        _need_projection(calibrated, self.name, dual_energy=True)
+        _need(calibrated, self)
         pixel_cm2 = _pixel_area_cm2(calibrated)
         pixel_mm = float(calibrated.spacing_mm[-1])
         zeff = cv2.medianBlur(np.ascontiguousarray(calibrated.zeff, np.float32), 5)
@@ -261,6 +284,7 @@ class ShieldingRule:
     """
 
     name: ClassVar[str] = "shielding"
+    needs: ClassVar[str] = "dual_energy"
     class_name: ClassVar[str] = "shielding"
     metal_min_zeff: float = 20.0
     min_areal_density_g_cm2: float = 10.0
@@ -268,7 +292,7 @@ class ShieldingRule:
     min_mass_g: float = 500.0
 
     def find(self, calibrated: CalibratedScan) -> list[Finding]:
-        _need_projection(calibrated, self.name, dual_energy=True)
+        _need(calibrated, self)
         pixel_cm2 = _pixel_area_cm2(calibrated)
         areal, opaque = calibrated.areal_density_g_cm2, calibrated.opaque
         dense_metal = (calibrated.zeff >= self.metal_min_zeff) & (areal >= self.min_areal_density_g_cm2)
@@ -403,6 +427,7 @@ class ManifestRule:
     """
 
     name: ClassVar[str] = "manifest"
+    needs: ClassVar[str] = "dual_energy"
     class_name: ClassVar[str] = "manifest_mismatch"
     weight_tolerance: float = 0.15
     empty_tolerance_kg: float = 400.0
@@ -420,7 +445,7 @@ class ManifestRule:
         manifest = calibrated.scan.metadata.get("manifest")
         if not isinstance(manifest, Mapping):
             return []
-        _need_projection(calibrated, self.name, dual_energy=True)
+        _need(calibrated, self)
         try:
             declared_gross, tare = float(manifest["gross_kg"]), float(manifest["tare_kg"])
         except (KeyError, TypeError, ValueError):
@@ -485,6 +510,7 @@ class CTDensityRule:
     """
 
     name: ClassVar[str] = "ct-density"
+    needs: ClassVar[str] = "ct"
     class_name: ClassVar[str] = "explosive"
     density_min: float = 1.35
     density_max: float = 2.1
@@ -492,8 +518,7 @@ class CTDensityRule:
     min_mass_g: float = 100.0
 
     def find(self, calibrated: CalibratedScan) -> list[Finding]:
-        if calibrated.scan.kind is not ScanKind.CT_VOLUME:
-            raise ValueError("the ct-density rule takes CT volumes")
+        _need(calibrated, self)
         if calibrated.spacing_mm is None or len(calibrated.spacing_mm) != 3:
             raise ValueError("the CT volume has no voxel spacing, so volumes and masses cannot be measured")
         voxel_cm3 = float(np.prod(calibrated.spacing_mm)) / 1000.0
@@ -573,6 +598,10 @@ class RuleDetector:
         (the pipeline config's per-site settings)."""
         card = artifact.card
         return cls(build_rule(card["rule"], {**card.get("parameters", {}), **parameters}), artifact.identity)
+
+    def applies_to(self, calibrated: CalibratedScan) -> bool:
+        """Whether the rule can judge this scan (the pipeline skips it otherwise)."""
+        return unmet_need(self.rule.needs, calibrated) is None
 
     def detect(self, calibrated: CalibratedScan) -> list[Region]:
         """Regions the rule finds in one calibrated scan, highest score first."""
