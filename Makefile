@@ -14,11 +14,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# The main job. Until the service lands: describe every sample scan, then
-# calibrate each with its scanner's profile and write the operator's view.
+# The main job. Until the service lands: analyse every sample scan with the
+# shipped pipeline (configs/pipeline.toml) into runs/analysis/<scan>/.
 run: $(STAMP)
-	$(BIN)/nii info sample_scans
-	$(BIN)/nii render sample_scans --out runs/operator-view
+	$(BIN)/nii analyze sample_scans --out runs/analysis
 
 # pytest exits 5 when it collects no test; that is not a failure of the code.
 test: $(STAMP)
