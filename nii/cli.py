@@ -201,11 +201,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     if not Path(args.dataset).exists():
         raise ValueError(f"{args.dataset}: no such data set")
+    progress = not (args.quiet or args.json)
+    if args.pipeline is not None:
+        return _evaluate_pipeline(args, progress)
     detector = load_detector(args.model, args.version, args.models or MODELS_ROOT)
     threshold = args.threshold
     if threshold is None:
         threshold = getattr(detector, "operating_points", {}).get("default", {}).get("threshold")
-    progress = not (args.quiet or args.json)
     if isinstance(detector, RuleDetector):
         # Rules are judged against exact truth: a simulated set with its targets.
         card = open_artifact(args.model, args.version, args.models or MODELS_ROOT).card
@@ -220,12 +222,33 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         result = evaluate_samples(detector, samples, threshold=threshold, progress=progress)
     result = {"dataset": str(args.dataset), "model": f"{detector.identity.name} {detector.identity.version}",
               "model_sha256": detector.identity.sha256, **result}
-    if args.json:
-        print(json.dumps(result))
-    else:
-        for key, value in result.items():
-            print(f"{key:>16}: {json.dumps(value) if isinstance(value, dict) else value}")
+    _print_metrics(result, args.json)
     return 0
+
+
+def _evaluate_pipeline(args: argparse.Namespace, progress: bool) -> int:
+    """``nii evaluate --pipeline``: the pipeline's decision on an image-level set."""
+    from nii.detect.datasets import is_image_level, read_image_level
+    from nii.detect.evaluate import evaluate_decisions
+    from nii.pipeline import Pipeline
+
+    if not is_image_level(args.dataset):
+        raise ValueError(f"{args.dataset}: the pipeline's decision is judged on an image-level set "
+                         "(clear/ and threat/ sub-folders)")
+    pipeline = Pipeline.from_config(args.pipeline or None)
+    result = evaluate_decisions(pipeline, read_image_level(args.dataset), progress=progress)
+    models = [f"{m.name} {m.version}" for m in pipeline.identities]
+    _print_metrics({"dataset": str(args.dataset), "pipeline": str(pipeline.config.source), "models": models,
+                    **result}, args.json)
+    return 0
+
+
+def _print_metrics(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    for key, value in result.items():
+        print(f"{key:>16}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
 
 
 def cmd_models(args: argparse.Namespace) -> int:
@@ -358,6 +381,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("dataset", metavar="DATASET",
                           help="Pascal VOC, YOLO or COCO set, a simulated set, or a folder with clear/ and threat/")
     evaluate.add_argument("--model", default="contraband-fcos", help="registered model (default %(default)s)")
+    evaluate.add_argument("--pipeline", nargs="?", const="", metavar="CONFIG",
+                          help="judge the whole pipeline's ALARM/CLEAR decision instead of one model "
+                               "(image-level sets; CONFIG defaults to configs/pipeline.toml)")
     evaluate.add_argument("--version", help="model version (default the newest)")
     evaluate.add_argument("--split", help="Pascal VOC split (ImageSets/Main/SPLIT.txt); default all")
     evaluate.add_argument("--threshold", type=float, help="alarm threshold (default the model's operating point)")

@@ -28,13 +28,13 @@ import numpy as np
 
 from nii.calibrate.calibrated import CalibratedScan
 from nii.calibrate.correct import calibrate_with_scanner_profile
-from nii.detect.fuse import Alert, decide, fuse_regions, threshold_test
+from nii.detect.fuse import ALARM, CLEAR, Alert, decide, fuse_regions, threshold_test
 from nii.detect.regions import ModelIdentity, Region
 from nii.detect.registry import ModelArtifactError, detector_from_artifact, open_artifact
 from nii.ingest import ScanReadError, ScanSource, read_scan, read_source
 from nii.scan import Scan, ScanKind
 
-__all__ = ["DEFAULT_CONFIG", "STAGES", "AnalysisError", "ModelChoice", "PipelineConfig", "Pipeline", "ScanResult",
+__all__ = ["ALARM", "CLEAR", "DEFAULT_CONFIG", "STAGES", "AnalysisError", "ModelChoice", "PipelineConfig", "Pipeline", "ScanResult",
            "load_pipeline_config"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline.toml"

@@ -225,3 +225,19 @@ def test_nii_analyze_refuses_a_bad_config_in_one_line(tmp_path, capsys):
     code = main(["analyze", str(SAMPLES / "container.json"), "--out", str(tmp_path), "--config", str(config)])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "scan_kinds has x-ray" in err
+
+
+def test_nii_evaluate_judges_the_pipelines_decision_on_an_image_level_set(tmp_path, capsys):
+    for name, files in {"clear": ["bag-clear.json", "bag-clear.raw"],
+                        "threat": ["container.json", "container.raw", "bag-dicos-ct.dcm"]}.items():
+        (tmp_path / name).mkdir()
+        for file in files:
+            (tmp_path / name / file).write_bytes((SAMPLES / file).read_bytes())
+    (tmp_path / "threat" / "bad.png").write_bytes(b"junk")
+    assert main(["evaluate", str(tmp_path), "--pipeline", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert (result["pd"], result["pfa"], result["n_threat"], result["n_clear"]) == (1.0, 0.0, 2, 1)
+    assert list(result["refused"]) == [str(tmp_path / "threat" / "bad.png")]
+    assert "rule-manifest 1.1.0" in result["models"]
+    assert main(["evaluate", str(SAMPLES), "--pipeline"]) == 2  # not an image-level set
+    assert "image-level set" in capsys.readouterr().err

@@ -107,6 +107,41 @@ def evaluate_image_level(detector: Any, labels: Sequence[ImageLabel], *, thresho
     return round_metrics({"scans": len(labels), **result, "ms_per_image": ms})
 
 
+def evaluate_decisions(pipeline: Any, labels: Sequence[ImageLabel], *, progress: bool = True) -> dict[str, Any]:
+    """Pd and Pfa of the pipeline's own ALARM/CLEAR decision on a ``clear/`` + ``threat/`` set.
+
+    This judges what the officer gets: every configured model, fused, at
+    the configured operating point -- not one model's score.
+
+    Returns
+    -------
+    dict
+        ``pd``, ``pfa``, ``n_threat``, ``n_clear``, ``refused`` (path: reason
+        for scans the pipeline could not analyse; they count in neither
+        rate), ``ms_per_scan`` (median over analysed scans, all stages).
+    """
+    from nii.pipeline import ALARM, AnalysisError
+
+    alarms: dict[bool, list[bool]] = {True: [], False: []}
+    refused, times = {}, []
+    for label in tqdm(labels, desc="evaluate pipeline", unit="scan", disable=not progress):
+        try:
+            result = pipeline.analyze(label.path)
+        except AnalysisError as err:
+            refused[str(label.path)] = str(err)
+            continue
+        alarms[label.threat].append(result.decision == ALARM)
+        times.append(sum(v for k, v in result.timings_ms.items() if ":" not in k))
+    return round_metrics({
+        "pd": float(np.mean(alarms[True])) if alarms[True] else None,
+        "pfa": float(np.mean(alarms[False])) if alarms[False] else None,
+        "n_threat": len(alarms[True]),
+        "n_clear": len(alarms[False]),
+        "refused": refused,
+        "ms_per_scan": float(np.median(times)) if times else 0.0,
+    })
+
+
 def evaluate_sets(detector: Any, config: Mapping[str, Any], *, cache: str | os.PathLike = "runs/cache",
                   progress: bool = True) -> tuple[dict[str, Any], dict[str, Any]]:
     """Metrics on each ``[[evaluate]]`` set of a training config, and the operating points.
