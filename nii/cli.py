@@ -172,6 +172,15 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Time the pipeline on the standard workloads, with Faster R-CNN beside it."""
+    from nii.bench import bench_table, run_bench
+
+    report = run_bench(args.workloads or None, config=args.config, repeats=args.repeats, progress=not args.json)
+    print(json.dumps(report) if args.json else bench_table(report))
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a detector from a config and publish it to the registry."""
     from nii.detect.registry import MODELS_ROOT
@@ -366,6 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--config", help="pipeline config (default: configs/pipeline.toml)")
     analyze.add_argument("--json", action="store_true", help="print one result object per scan")
     analyze.set_defaults(run=cmd_analyze)
+
+    bench = commands.add_parser("bench", help="pipeline speed on the standard workloads, beside Faster R-CNN")
+    bench.add_argument("workloads", nargs="*", metavar="WORKLOAD",
+                       help="baggage, rendered, cargo, ct (default all)")
+    bench.add_argument("--config", help="pipeline config (default: configs/pipeline.toml)")
+    bench.add_argument("--repeats", type=_positive_int, help="scans per workload (default per workload)")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.set_defaults(run=cmd_bench)
 
     train = commands.add_parser("train", help="train a detector (or evaluate the physics rules) and publish it under models/")
     train.add_argument("config", metavar="CONFIG",
