@@ -8,6 +8,7 @@ import pytest
 from nii.calibrate.archive import ARCHIVE_PROFILE_PREFIX, calibrate_archive
 from nii.calibrate.calibrated import CalibratedScan, MaterialClass, classify_zeff
 from nii.calibrate.palette import (
+    estimate_pseudo_colour,
     SIXRAY_PALETTE,
     PseudoColourPalette,
     material_coordinate,
@@ -322,3 +323,16 @@ def test_material_coordinate_inverts() -> None:
 
     assert tip_material_coordinate is material_coordinate and tip_render is render_pseudo_colour
     assert SIXRAY_PALETTE.name == "sixray"
+
+
+def test_estimating_a_large_rendering_colour_by_colour_matches_pixel_by_pixel():
+    # Past 65536 pixels the estimate solves each distinct colour once; it must
+    # give exactly what the per-pixel path gives on the same pixels.
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (300, 400, 3), dtype=np.uint8)
+    rgb[:100] = rgb[100:200]  # repeated colours, as real images have
+    att, material = estimate_pseudo_colour(rgb)
+    for rows in (slice(0, 150), slice(150, 300)):  # 60000 pixels each: the per-pixel path
+        part_att, part_material = estimate_pseudo_colour(rgb[rows])
+        np.testing.assert_array_equal(att[rows], part_att)
+        np.testing.assert_array_equal(material[rows], part_material)

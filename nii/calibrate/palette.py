@@ -229,6 +229,19 @@ def estimate_pseudo_colour(
     rgb = np.asarray(rgb)
     if rgb.shape[-1] != 3:
         raise ValueError(f"rgb must end in 3 channels, got shape {rgb.shape}")
+    if rgb.dtype == np.uint8 and rgb.size >= 3 * 65536:
+        # A pure function of the colour: solve each distinct colour once (a
+        # bag image has a tenth as many colours as pixels, or fewer).
+        packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        colours, index = np.unique(packed.ravel(), return_inverse=True)
+        distinct = np.stack([(colours >> 16) & 255, (colours >> 8) & 255, colours & 255], axis=-1).astype(np.uint8)
+        att, material = _estimate_colours(distinct, palette)
+        return att[index].reshape(rgb.shape[:-1]), material[index].reshape(rgb.shape[:-1])
+    return _estimate_colours(rgb, palette)
+
+
+def _estimate_colours(rgb: np.ndarray, palette: PseudoColourPalette) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`estimate_pseudo_colour` for every colour of ``rgb`` (..., 3)."""
     logs = -np.log(np.clip(rgb.astype(np.float64), 0.5, palette.white) / palette.white)
     total = logs.sum(axis=-1)
     att = total / 3.0
