@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 from datetime import datetime
 from pathlib import Path
 
@@ -12,6 +15,14 @@ from nii.scan import Scan, ScanKind
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
+
+# dciodvfy (Debian's dicom3tools) checks DICOM files against the standard's
+# IOD tables, VRs and data dictionary: an independent judge of what we write.
+requires_dciodvfy = pytest.mark.skipif(shutil.which("dciodvfy") is None,
+                                       reason="dciodvfy (Debian dicom3tools) is not installed")
+# Its messages start the line ("Error - ...") or follow the tag they are
+# about ("(0x0002,0x0004)  ?  - Warning - ..."); this finds errors in both.
+_DCIODVFY_ERROR = re.compile(r"(^|- )Error - ")
 
 
 def make_scan(kind: ScanKind, *, dtype: str = "uint16", seed: int = 0) -> Scan:
@@ -53,3 +64,10 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} is absent (it is never part of the project)")
     return path
+
+
+def dciodvfy(path: Path) -> tuple[str, list[str]]:
+    """Run dciodvfy on a file: its whole report, and the lines that report an error."""
+    report = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+    output = report.stdout + report.stderr
+    return output, [line for line in output.splitlines() if _DCIODVFY_ERROR.search(line)]

@@ -6,8 +6,6 @@ import glob
 import os
 import pathlib
 import random
-import shutil
-import subprocess
 from datetime import datetime
 
 import numpy as np
@@ -28,6 +26,7 @@ from nii.ingest.dicom import (
 from nii.ingest.errors import CorruptScanError, ScanReadError, ScanTooLargeError, UnsupportedScanError
 from nii.ingest.limits import ReadLimits
 from nii.scan import Scan, ScanFormat, ScanKind
+from tests.conftest import dciodvfy, requires_dciodvfy
 
 # Hostile and odd bundled files make pydicom warn; the warnings are not under test.
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -606,14 +605,12 @@ def test_dicos_dx_for_presentation_is_written_on_request(tmp_path):
         write_dicom(scan, tmp_path / "x.dcm", intent="display")
 
 
-@pytest.mark.skipif(shutil.which("dciodvfy") is None, reason="dciodvfy (Debian dicom3tools) is not installed")
+@requires_dciodvfy
 def test_ct_slices_pass_an_independent_validator(tmp_path):
     # dicom3tools knows the CT Image IOD (not yet the DICOS ones): no errors allowed.
     volume = Scan(np.full((3, 8, 8), 1024, np.uint16), kind=ScanKind.CT_VOLUME, spacing_mm=(2, 1, 1),
                   rescale=(1, -1024))
     first = write_dicom_series(volume, tmp_path)[0]
-    report = subprocess.run(["dciodvfy", str(first)], capture_output=True, text=True, timeout=60)
-    output = report.stdout + report.stderr
+    output, errors = dciodvfy(first)
     assert "CTImage" in output
-    errors = [line for line in output.splitlines() if line.startswith("Error")]
     assert errors == []
