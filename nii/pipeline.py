@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import numpy as np
 
 from nii.calibrate.calibrated import CalibratedScan
 from nii.calibrate.correct import calibrate_with_scanner_profile
+from nii.config import read_toml
 from nii.detect.fuse import ALARM, CLEAR, Alert, decide, fuse_regions, threshold_test
 from nii.detect.regions import ModelIdentity, Region
 from nii.detect.registry import ModelArtifactError, detector_from_artifact, open_artifact
@@ -101,12 +101,7 @@ def load_pipeline_config(path: str | os.PathLike | None = None) -> PipelineConfi
         One line naming the file and what is wrong with it.
     """
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    try:
-        raw = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the pipeline config ({err.strerror})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    raw = read_toml(path, "the pipeline config")
     unknown = sorted(set(raw) - {"models_root", "calibration_root", "decision", "fusion", "models"})
     if unknown:
         raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")

@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from nii.config import read_toml
 from nii.detect.evaluate import round_metrics
 from nii.detect.registry import MODELS_ROOT, publish_artifact
 from nii.detect.regions import ModelIdentity, dicos_category
@@ -43,12 +44,7 @@ def is_rules_config(path: str | os.PathLike) -> bool:
 def load_rules_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a rules config: every rule known, its thresholds and sets valid."""
     path = Path(path)
-    try:
-        config = tomllib.loads(path.read_text())
-    except OSError as err:
-        raise ValueError(f"{path}: cannot read the rules config ({err.strerror})") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ValueError(f"{path}: not valid TOML ({err})") from None
+    config = read_toml(path, "the rules config")
     sets = config.get("sets", {})
     for name, entry in config.get("rules", {}).items():
         build_rule(name, entry.get("parameters"))  # unknown rule or threshold: a clear error now

@@ -25,7 +25,6 @@ import math
 import os
 import random
 import time
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from nii.config import read_toml
 from nii.detect.contraband import ContrabandDetector, build_model, image_tensor
 from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_clear
 from nii.detect.evaluate import evaluate_sets
@@ -51,10 +51,7 @@ CACHE = Path("runs/cache")
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read a training config; one-line ValueError when it is not usable."""
     path = Path(path)
-    try:
-        config = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as err:
-        raise ValueError(f"{path}: cannot read the config ({err})") from None
+    config = read_toml(path, "the training config")
     for key in ("model", "train"):
         if key not in config:
             raise ValueError(f"{path}: the config needs a [{key}] table")
