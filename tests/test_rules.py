@@ -290,3 +290,14 @@ def test_nii_evaluate_rule_on_a_non_simulated_folder_is_one_line(tmp_path, capsy
     assert main(["evaluate", str(tmp_path), "--model", "rule-opaque"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("nii evaluate: error:") and "truth file" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7), (20, 30, 40), (1, 5, 5), (3, 1, 9)])
+def test_fast_3d_opening_is_scipys_opening(shape):
+    from scipy import ndimage
+
+    from nii.detect.rules import open_6_connected
+
+    mask = np.random.default_rng(sum(shape)).random(shape) < 0.6
+    expected = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(3, 1))
+    np.testing.assert_array_equal(open_6_connected(mask), expected)

