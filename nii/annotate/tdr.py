@@ -74,6 +74,7 @@ from pydicom.valuerep import DT
 
 from nii.detect.fuse import ALARM, CLEAR, Alert
 from nii.detect.regions import ModelIdentity
+from nii.ingest.dicom import dataset_item
 from nii.scan import Scan, ScanFormat, ScanKind
 
 __all__ = ["DICOS_VERSION", "THREAT_CATEGORY", "machine_tdr", "tdr_uid", "write_tdr"]
@@ -354,15 +355,15 @@ def _threat_item(alert: Alert, scan: Scan, source: Mapping[str, str], processing
         raise ValueError(f"alert {alert.id}: {alert.dicos_category!r} is not a DICOS threat category")
     base, extents = _roi(alert.box, scan)
     measured = alert.measurements
-    representation = _item(
+    representation = dataset_item(
         ReferencedInstanceSequence=[_referenced_image(scan, source)],
-        ThreatROIVoxelSequence=[_item(ThreatROIBase=base, ThreatROIExtents=extents,
+        ThreatROIVoxelSequence=[dataset_item(ThreatROIBase=base, ThreatROIExtents=extents,
                                       ThreatROIBitmap=_bitmap(alert, scan))],
         Mass=measured.get("mass_g", _NOT_MEASURED),  # grams
         Density=measured.get("density_g_cm3", _NOT_MEASURED),  # g/cm³
         ZEffective=measured.get("zeff"),
     )
-    assessment = _item(
+    assessment = dataset_item(
         ThreatCategory=category,
         ThreatCategoryDescription=_text(_description(alert), "LT"),
         ATDAbilityAssessment="NO_INTERFERENCE",
@@ -371,7 +372,7 @@ def _threat_item(alert: Alert, scan: Scan, source: Mapping[str, str], processing
         ATDAssessmentFlag="THREAT" if alert.alarm else "UNKNOWN",
         ATDAssessmentProbability=float(alert.score),
     )
-    item = _item(PotentialThreatObjectID=alert.id, PTORepresentationSequence=[representation],
+    item = dataset_item(PotentialThreatObjectID=alert.id, PTORepresentationSequence=[representation],
                  ATDAssessmentSequence=[assessment])
     # Per-PTO processing time: nii times the analysis as a whole, which
     # found every PTO, so each gets its span.
@@ -424,7 +425,7 @@ def _description(alert: Alert) -> str:
 def _referenced_image(scan: Scan, source: Mapping[str, str]) -> Dataset:
     """SOP class and instance of the scanned image."""
     instance = UID(scan.scan_id) if _is_uid(scan.scan_id) else tdr_uid(scan.scan_id)
-    return _item(ReferencedSOPClassUID=source.get("SOPClassUID") or _STORED_AS[scan.kind],
+    return dataset_item(ReferencedSOPClassUID=source.get("SOPClassUID") or _STORED_AS[scan.kind],
                  ReferencedSOPInstanceUID=instance)
 
 
@@ -496,12 +497,3 @@ def _da(when: datetime) -> str:
 
 def _tm(when: datetime) -> str:
     return when.strftime("%H%M%S.%f")
-
-
-def _item(**attributes: object) -> Dataset:
-    """A sequence item from keyword arguments; None values are left out."""
-    item = Dataset()
-    for keyword, value in attributes.items():
-        if value is not None:
-            setattr(item, keyword, value)
-    return item

@@ -799,17 +799,17 @@ def _ct_volume_dataset(scan: Scan) -> Dataset:
     # The same geometry in the functional groups that Enhanced-CT-style
     # readers look in; _lookup reads either place.
     measures = {key: ds[key].value for key in ("PixelSpacing", "SliceThickness", "SpacingBetweenSlices") if key in ds}
-    shared = _item(
-        PixelMeasuresSequence=[_item(**measures)] if measures else None,
-        PlaneOrientationSequence=[_item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])],
+    shared = dataset_item(
+        PixelMeasuresSequence=[dataset_item(**measures)] if measures else None,
+        PlaneOrientationSequence=[dataset_item(ImageOrientationPatient=[1, 0, 0, 0, 1, 0])],
         PixelValueTransformationSequence=[
-            _item(RescaleSlope=ds.RescaleSlope, RescaleIntercept=ds.RescaleIntercept, RescaleType="HU")
+            dataset_item(RescaleSlope=ds.RescaleSlope, RescaleIntercept=ds.RescaleIntercept, RescaleType="HU")
         ],
     )
     ds.SharedFunctionalGroupsSequence = [shared]
     step = scan.spacing_mm[0] if scan.spacing_mm else 1.0
     ds.PerFrameFunctionalGroupsSequence = [
-        _item(PlanePositionSequence=[_item(ImagePositionPatient=[0, 0, _ds_number(i * step)])])
+        dataset_item(PlanePositionSequence=[dataset_item(ImagePositionPatient=[0, 0, _ds_number(i * step)])])
         for i in range(len(counts))
     ]
     _set_pixels(ds, counts, "MONOCHROME2", scan.bits_stored)  # 3D array: NumberOfFrames even for 1
@@ -903,7 +903,7 @@ def _ds_number(value: float) -> str:
     return text if len(text) <= 16 else f"{float(value):.6g}"
 
 
-def _item(**attributes: Any) -> Dataset:
+def dataset_item(**attributes: Any) -> Dataset:
     """A sequence item from keyword arguments; None values are left out."""
     item = Dataset()
     for keyword, value in attributes.items():
