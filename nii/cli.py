@@ -277,6 +277,70 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 1 if broken else 0
 
 
+def _service_config(args: argparse.Namespace):
+    import dataclasses
+
+    from nii.serve.service import load_service_config
+
+    config = load_service_config(args.service_config)
+    overrides = {key: getattr(args, key) for key in ("host", "port", "dicom_port", "workers", "hot_folder")
+                 if getattr(args, key, None) is not None}
+    if "hot_folder" in overrides:
+        overrides["hot_folder"] = Path(overrides["hot_folder"])
+    return dataclasses.replace(config, **overrides)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run the operator service (web viewer and API, DICOM SCP, hot folder, workers)."""
+    from nii.serve.run import serve
+
+    return serve(args.data, _service_config(args), database_url=args.database, samples=args.samples or ())
+
+
+def _open_store(args: argparse.Namespace):
+    from nii.serve.store import Store
+
+    return Store.open(args.data, args.database)
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """Add a user (or reset one's password and role); the password comes from stdin or a prompt."""
+    import getpass
+
+    from nii.serve import audit
+    from nii.serve.auth import add_user
+
+    if sys.stdin.isatty():
+        password = getpass.getpass(f"password for {args.user}: ")
+        if getpass.getpass("again: ") != password:
+            raise ValueError("the two passwords differ")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    store = _open_store(args)
+    with store.transaction() as conn:
+        user = add_user(store, conn, args.user, password, args.role)
+        audit.append(store, conn, username=None, action="add_user", target=user.username,
+                     detail={"role": user.role, "via": "cli"})
+    print(f"user {user.username} ({user.role}) saved in {args.data}")
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    """Check the audit log's hash chain; 1 at the first broken link."""
+    from nii.serve.audit import AuditEntry, verify_chain
+    from nii.serve.store import audit as audit_table
+
+    store = _open_store(args)
+    with store.engine.connect() as conn:
+        rows = conn.execution_options(yield_per=1000).execute(audit_table.select().order_by(audit_table.c.seq))
+        checked, broken = verify_chain(AuditEntry(**row._mapping) for row in rows)
+    if broken is not None:
+        print(f"audit log BROKEN at entry {broken.seq}: {broken.reason} ({checked} entries before it are intact)")
+        return 1
+    print(f"audit log intact: {checked} entries")
+    return 0
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -295,6 +359,15 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def _data_options(parser: argparse.ArgumentParser) -> None:
+    import os
+
+    parser.add_argument("--data", default="nii-data", help="the service's data folder (default %(default)s)")
+    parser.add_argument("--database", default=os.environ.get("NII_DATABASE_URL"),
+                        help="database URL, e.g. postgresql+psycopg://user@host/nii (default: SQLite in --data; "
+                             "or $NII_DATABASE_URL)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -408,6 +481,31 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")
     evaluate.set_defaults(run=cmd_evaluate)
+
+    serve = commands.add_parser("serve", help="run the operator service: viewer, API, DICOM SCP, hot folder")
+    _data_options(serve)
+    serve.add_argument("--host", help="address to listen on (default from the service config: 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
+    serve.add_argument("--dicom-port", type=int, help="DICOM C-STORE port (default 11112; 0 for none)")
+    serve.add_argument("--workers", type=_positive_int, help="analysis workers (default 2)")
+    serve.add_argument("--hot-folder", help="folder scanners drop files into")
+    serve.add_argument("--service-config", help="service config (default: configs/service.toml)")
+    serve.add_argument("--samples", nargs="*", metavar="PATH", help="scans to submit at start (the sample scans)")
+    serve.set_defaults(run=cmd_serve)
+
+    users_cmd = commands.add_parser("users", help="manage the service's users")
+    users_steps = users_cmd.add_subparsers(dest="step", required=True, metavar="STEP")
+    add = users_steps.add_parser("add", help="add a user or reset their password and role (password on stdin)")
+    add.add_argument("user", metavar="USER")
+    add.add_argument("--role", required=True, choices=["operator", "supervisor", "model_developer", "admin"])
+    _data_options(add)
+    add.set_defaults(run=cmd_users)
+
+    audit_cmd = commands.add_parser("audit", help="check the service's audit log")
+    audit_steps = audit_cmd.add_subparsers(dest="step", required=True, metavar="STEP")
+    verify = audit_steps.add_parser("verify", help="check the hash chain; exit 1 at the first broken link")
+    _data_options(verify)
+    verify.set_defaults(run=cmd_audit)
 
     models = commands.add_parser("models", help="list registered models and verify their hashes")
     models.add_argument("--models", help="registry folder (default the repository's models/)")

@@ -90,8 +90,9 @@ def _label(image: np.ndarray, text: str, corner: tuple[int, int], colour: tuple[
                 cv2.LINE_AA)
 
 
-def _grey(hu: np.ndarray) -> np.ndarray:
-    lo, hi = CT_WINDOW_HU
+def hu_grey(hu: np.ndarray, window: tuple[float, float] = CT_WINDOW_HU) -> np.ndarray:
+    """Hounsfield units to 8-bit grey RGB over ``window`` (lo black, hi white)."""
+    lo, hi = window
     level = np.clip((hu.astype(np.float32) - lo) * (255.0 / (hi - lo)), 0, 255).astype(np.uint8)
     return np.repeat(level[..., None], 3, axis=-1)
 
@@ -142,7 +143,7 @@ def ct_sheet(hu: np.ndarray, alerts: Sequence[Alert], *,
             # at least _MIN_TILE px across, and square mm down the slices.
             zoom = max(1.0, _MIN_TILE / max(data.shape))
             down = zoom * (stretch if k > 0 else 1.0)  # coronal and sagittal run down the slices
-            image = cv2.resize(_grey(data), (round(data.shape[1] * zoom), max(1, round(data.shape[0] * down))),
+            image = cv2.resize(hu_grey(data), (round(data.shape[1] * zoom), max(1, round(data.shape[0] * down))),
                                interpolation=cv2.INTER_NEAREST)
             boxes = [_scaled(project(a.box), zoom, down) for a in shown]
             tile = draw_alerts(image, shown, boxes=boxes, outline_masks=False)

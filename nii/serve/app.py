@@ -1,0 +1,85 @@
+"""The web application: the REST API under ``/api``, ``/metrics``, and the operator viewer at ``/``.
+
+Routes are thin: they check input and permissions, call the service or the
+domain code, and shape the answer. OpenAPI is at ``/docs`` and
+``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import FastAPI
+from fastapi.responses import FileResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+import nii
+from nii.serve.routes import scans, session, system
+from nii.serve.service import Service
+
+__all__ = ["VIEWER", "create_app"]
+
+VIEWER = Path(__file__).with_name("viewer")
+
+
+class BodyLimit:
+    """Refuse request bodies over ``max_bytes`` with 413, counting as they stream.
+
+    A declared Content-Length over the limit is refused before reading; a
+    chunked body is cut off once it passes the limit.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
+            return await _too_large(send, self.max_bytes)
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.max_bytes:
+                raise _TooLarge
+            return message
+
+        try:
+            await self.app(scope, counted, send)
+        except _TooLarge:
+            await _too_large(send, self.max_bytes)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _too_large(send: Send, limit: int) -> None:
+    body = f'{{"detail":"the request is larger than the {limit} byte limit"}}'.encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(service: Service) -> FastAPI:
+    """The FastAPI app over ``service`` (which the caller starts and stops)."""
+    app = FastAPI(title="nii operator service", version=nii.__version__,
+                  description="Scans in from scanner hardware, annotated results out to the inspecting officer.")
+    app.state.service = service
+    app.include_router(session.router)
+    app.include_router(scans.router)
+    app.include_router(system.router)
+    app.mount("/static", StaticFiles(directory=VIEWER), name="static")
+
+    @app.get("/", include_in_schema=False)
+    def viewer() -> FileResponse:
+        return FileResponse(VIEWER / "index.html")
+
+    # Multipart form parts add a little over the scan bytes themselves.
+    app.add_middleware(BodyLimit, max_bytes=service.config.max_upload_bytes + (1 << 20))
+    return app

@@ -1,0 +1,100 @@
+"""Officers' decisions on scans: clear, search, or a confirmed threat.
+
+A scan's first decision is any operator's. Once decided, only a supervisor
+may record a different one, which reverses (``supersedes``) the last; the
+earlier decision stays in the table and in the audit log, so the history is
+never rewritten.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from enum import Enum
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from nii.serve import audit
+from nii.serve.auth import Permission, User
+from nii.serve.store import Store, decisions, scans, utc_now
+
+__all__ = ["THREAT_CATEGORIES", "DecisionError", "Outcome", "decisions_of", "record_decision"]
+
+#: DICOS threat categories (NEMA IIC 1) an officer may confirm.
+THREAT_CATEGORIES = ("EXPLOSIVE", "PROHIBITED_ITEM", "CONTRABAND", "ANOMALY", "OTHER")
+_MAX_NOTE = 4000
+
+
+class Outcome(str, Enum):
+    CLEAR = "clear"
+    SEARCH = "search"
+    THREAT = "threat"
+
+
+class DecisionError(ValueError):
+    """A decision was refused; ``status`` is the HTTP status that fits (404, 403, 409, 422)."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+@dataclasses.dataclass(frozen=True)
+class Decision:
+    id: int
+    scan_id: str
+    decided_at: str
+    username: str
+    outcome: str
+    category: str | None
+    note: str | None
+    supersedes: int | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def decisions_of(conn: Connection, scan_id: str) -> list[Decision]:
+    """A scan's decisions, oldest first (the last one stands)."""
+    rows = conn.execute(sa.select(decisions).where(decisions.c.scan_id == scan_id).order_by(decisions.c.id))
+    return [Decision(**row._mapping) for row in rows]
+
+
+def record_decision(store: Store, conn: Connection, user: User, scan_id: str, outcome: str | Outcome, *,
+                    category: str | None = None, note: str | None = None) -> Decision:
+    """Record ``user``'s decision on a scan inside ``conn``, with its audit entry.
+
+    Raises
+    ------
+    DecisionError
+        No such scan (404); not allowed to decide or to reverse (403); a
+        threat without a category, a category without a threat, or a note
+        too long (422).
+    """
+    if not user.can(Permission.DECIDE):
+        raise DecisionError(f"role {user.role} cannot record decisions", 403)
+    try:
+        outcome = Outcome(outcome)
+    except ValueError:
+        raise DecisionError(f"outcome must be one of {', '.join(o.value for o in Outcome)}; got {outcome!r}",
+                            422) from None
+    if outcome is Outcome.THREAT and category not in THREAT_CATEGORIES:
+        raise DecisionError(f"a confirmed threat needs a category: one of {', '.join(THREAT_CATEGORIES)}", 422)
+    if outcome is not Outcome.THREAT and category is not None:
+        raise DecisionError("a category goes with a confirmed threat only", 422)
+    if note is not None and len(note) > _MAX_NOTE:
+        raise DecisionError(f"the note has {len(note)} characters; the limit is {_MAX_NOTE}", 422)
+    if conn.execute(sa.select(scans.c.scan_id).where(scans.c.scan_id == scan_id)).first() is None:
+        raise DecisionError(f"no scan {scan_id[:80]}", 404)
+    last = conn.execute(sa.select(decisions.c.id).where(decisions.c.scan_id == scan_id)
+                        .order_by(decisions.c.id.desc()).limit(1)).scalar()
+    if last is not None and not user.can(Permission.REVERSE_DECISION):
+        raise DecisionError("this scan already has a decision; only a supervisor can reverse it", 403)
+    values = {"scan_id": scan_id, "decided_at": utc_now(), "username": user.username, "outcome": outcome.value,
+              "category": category, "note": note or None, "supersedes": last}
+    new_id = conn.execute(decisions.insert().values(**values)).inserted_primary_key[0]
+    conn.execute(scans.update().where(scans.c.scan_id == scan_id).values(revision=store.next_revision(conn)))
+    audit.append(store, conn, username=user.username, action="reverse_decision" if last else "decide",
+                 target=scan_id, detail={k: v for k, v in values.items() if k != "scan_id"})
+    return Decision(id=new_id, **values)
