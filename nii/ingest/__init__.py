@@ -129,21 +129,24 @@ def read_source(source: ScanSource, *, limits: ReadLimits = ReadLimits()) -> Sca
     return read_scan(source.path, limits=limits)
 
 
-def find_scans(paths: Iterable[str | os.PathLike]) -> Iterator[ScanSource]:
+def find_scans(paths: Iterable[str | os.PathLike], *, skip: Iterable[str | os.PathLike] = ()) -> Iterator[ScanSource]:
     """Walk files and folders, yielding each scan once.
 
-    Folders are walked recursively in sorted order, skipping hidden entries
-    and documentation. A raw data file with a sidecar is yielded once (as its
-    sidecar), and single-slice CT files of one series in one folder are
-    grouped into one source. Files given explicitly are always yielded.
+    Folders are walked recursively in sorted order, skipping hidden entries,
+    documentation and the folders in ``skip``. A raw data file with a
+    sidecar is yielded once (as its sidecar), and single-slice CT files of
+    one series in one folder are grouped into one source. Files given
+    explicitly are always yielded.
     """
+    skipped = {Path(p).resolve() for p in skip}
     for given in paths:
         given = Path(given)
         if not given.is_dir():
             yield ScanSource(given)
             continue
         for folder, dirnames, filenames in os.walk(given):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
+                                 and (not skipped or (Path(folder) / d).resolve() not in skipped))
             yield from _scans_in_folder(Path(folder), sorted(f for f in filenames if not f.startswith(".")))
 
 

@@ -12,6 +12,7 @@ success. The same scan id sent again is not stored or analysed again.
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import shutil
 import tempfile
@@ -20,12 +21,12 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from nii.ingest import ReadLimits, ScanReadError, ScanSource, find_scans, read_source
+from nii.ingest import ReadLimits, ScanReadError, ScanSource, ScanTooLargeError, find_scans, read_source
 from nii.ingest.raw import sidecar_data_file
 from nii.serve import audit
 from nii.serve.store import Store, scan_files, scans, utc_now
 
-__all__ = ["Accepted", "IntakeError", "IntakeLimits", "Upload", "accept_scan", "materialise", "uploads_of"]
+__all__ = ["Accepted", "IntakeError", "IntakeLimits", "Upload", "accept_scan", "materialise", "source_files", "uploads_of"]
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -156,24 +157,29 @@ def _read_one_scan(folder: Path, names: list[str], read_limits: ReadLimits):
     try:
         scan = read_source(sources[0], limits=read_limits)
     except ScanReadError as err:
-        raise IntakeError(err.reason, too_large=type(err).__name__ == "ScanTooLargeError") from None
+        # The reader names files by path; the sender knows them by name only.
+        reason = err.reason.replace(f"{folder}{os.sep}", "")
+        raise IntakeError(reason, too_large=isinstance(err, ScanTooLargeError)) from None
     if not scan.scan_id:
         raise IntakeError("the scan has no id (a DICOM file without SOP Instance UID)")
     return scan
 
 
-def uploads_of(source: ScanSource) -> list[Upload]:
-    """The files of one scan on disk (a raw sidecar brings its data file)."""
+def source_files(source: ScanSource) -> list[Path]:
+    """The files one scan on disk is made of (a raw sidecar brings its data file)."""
     if source.slices:
-        paths = list(source.slices)
-    elif source.path.suffix.lower() == ".json":
+        return list(source.slices)
+    if source.path.suffix.lower() == ".json":
         try:
-            paths = [source.path, sidecar_data_file(source.path)]
+            return [source.path, sidecar_data_file(source.path)]
         except ScanReadError:
-            paths = [source.path]  # refused with its reason when read
-    else:
-        paths = [source.path]
-    return [Upload(p.name, p.read_bytes()) for p in paths]
+            return [source.path]  # refused with its reason when read
+    return [source.path]
+
+
+def uploads_of(source: ScanSource) -> list[Upload]:
+    """The files of one scan on disk, read for :func:`accept_scan`."""
+    return [Upload(p.name, p.read_bytes()) for p in source_files(source)]
 
 
 def materialise(store: Store, scan_id: str, folder: Path) -> ScanSource:
