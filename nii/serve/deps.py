@@ -34,7 +34,7 @@ def current_user(request: Request, service: ServiceDep) -> User:
     token = bearer_or_cookie(request)
     user = None
     if token:
-        with service.store.transaction() as conn:
+        with service.store.read() as conn:
             user = user_for_token(conn, token)
     if user is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, "log in first (POST /api/token or the viewer)",

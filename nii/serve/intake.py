@@ -188,7 +188,7 @@ def materialise(store: Store, scan_id: str, folder: Path) -> ScanSource:
     Files are hard-linked from the blob store where the file system allows
     (no copy), under the names they were stored as.
     """
-    with store.transaction() as conn:
+    with store.read() as conn:
         files = store.files_of(conn, scan_id)
     if not files:
         raise LookupError(f"scan {scan_id} has no stored files")

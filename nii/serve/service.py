@@ -138,6 +138,22 @@ class Service:
         self._calibrated_lock = threading.Lock()
         self.started_at = time.time()
         self.counters: collections.Counter[str] = collections.Counter()
+        # Bumped on every scan change in this process, so the live queue
+        # hears of it at once instead of at its next poll.
+        self._changes = threading.Condition()
+        self.change_count = 0
+
+    def notify_change(self) -> None:
+        """Tell live listeners (the viewer's event stream) that a scan changed."""
+        with self._changes:
+            self.change_count += 1
+            self._changes.notify_all()
+
+    def wait_for_change(self, seen: int, timeout: float) -> int:
+        """Block until ``change_count`` differs from ``seen`` or ``timeout`` passes; return it."""
+        with self._changes:
+            self._changes.wait_for(lambda: self.change_count != seen, timeout)
+            return self.change_count
 
     # -- ingest ----------------------------------------------------------------------------------------------------
 
@@ -146,6 +162,8 @@ class Service:
         accepted = accept_scan(self.store, uploads, source=source, username=username,
                                limits=self.intake_limits, scratch=self.scratch)
         self.counters["scans_accepted" if not accepted.duplicate else "scans_duplicate"] += 1
+        if not accepted.duplicate:
+            self.notify_change()
         self._wake.set()
         return accepted
 
@@ -189,11 +207,12 @@ class Service:
                 self._wake.clear()
                 continue
             self._wake.set()  # there may be more: let another worker look too
+            self.notify_change()
             self.analyze_stored(pipeline, scan_id)
 
     def analyze_stored(self, pipeline: Pipeline, scan_id: str) -> None:
         """Analyse one claimed scan and store its result (or why it failed)."""
-        with self.store.transaction() as conn:
+        with self.store.read() as conn:
             attempts = conn.execute(sa.select(scans.c.attempts).where(scans.c.scan_id == scan_id)).scalar()
         if attempts is not None and attempts > self.config.max_attempts:
             self._fail(scan_id, f"gave up after {self.config.max_attempts} attempts: the analysis stopped the "
@@ -227,6 +246,7 @@ class Service:
             audit.append(self.store, conn, username=None, action="analyse", target=scan_id, detail={
                 "decision": result.decision, "alerts": len(result.alerts), "profile": result.profile_id,
                 "models": [f"{m.name} {m.version}" for m in result.models], "result_sha256": blobs["result"]})
+        self.notify_change()
         self.counters["scans_analysed"] += 1
         self.counters[f"decision_{result.decision}"] += 1
         for listener in self.on_result:
@@ -241,13 +261,14 @@ class Service:
                 status="failed", error=reason, finished_at=utc_now(), revision=self.store.next_revision(conn)))
             audit.append(self.store, conn, username=None, action="analysis_failed", target=scan_id,
                          detail={"reason": reason})
+        self.notify_change()
         self.counters["scans_failed"] += 1
 
     # -- configuration ---------------------------------------------------------------------------------------------
 
     def threshold_overrides(self) -> dict[str, dict[str, float]]:
         """Alarm thresholds changed in the service, per model and class."""
-        with self.store.transaction() as conn:
+        with self.store.read() as conn:
             value = conn.execute(sa.select(settings.c.value).where(settings.c.key == _THRESHOLDS_KEY)).scalar()
         return json.loads(value) if value else {}
 
@@ -312,7 +333,7 @@ class Service:
         """Block until no scan is queued or running (tests, the sample import)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            with self.store.transaction() as conn:
+            with self.store.read() as conn:
                 busy = conn.execute(sa.select(sa.func.count()).select_from(scans).where(
                     scans.c.status.in_(("queued", "running")))).scalar()
             if not busy:

@@ -196,7 +196,8 @@ def connect(url: str) -> Engine:
 
             @sa.event.listens_for(engine, "begin")
             def _begin_immediate(conn: Connection) -> None:
-                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                # Readers (Store.read) need no lock in WAL mode: a plain BEGIN.
+                conn.exec_driver_sql("BEGIN" if conn.get_execution_options().get("readonly") else "BEGIN IMMEDIATE")
 
             return engine
         return sa.create_engine(url, pool_pre_ping=True, pool_size=10)
@@ -320,6 +321,12 @@ class Store:
     def transaction(self) -> Iterator[Connection]:
         """One transaction; commits on leaving, rolls back on an exception."""
         with self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def read(self) -> Iterator[Connection]:
+        """A read-only transaction: on SQLite it takes no write lock, so it never waits for writers."""
+        with self.engine.connect().execution_options(readonly=True) as conn, conn.begin():
             yield conn
 
     def lock_audit(self, conn: Connection) -> None:

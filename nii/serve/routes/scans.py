@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import warnings
 from typing import Annotated, Any, Literal
 
@@ -123,7 +124,7 @@ def list_scans(service: ServiceDep, user: Viewer,
         where.append(scans.c.received_at >= since.replace(" ", "T"))
     if until:
         where.append(scans.c.received_at < until.replace(" ", "T"))
-    with service.store.transaction() as conn:
+    with service.store.read() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(scans).where(*where)).scalar()
         rows = _scan_rows(conn, where, limit=limit, offset=offset)
     return ScanList(scans=rows, total=total)
@@ -135,7 +136,7 @@ async def scan_events(request: Request, service: ServiceDep, user: Viewer) -> St
     last_id = request.headers.get("last-event-id", "")
 
     def changes(after: int | None) -> tuple[int, list[ScanPublic]]:
-        with service.store.transaction() as conn:
+        with service.store.read() as conn:
             if after is None:
                 return int(conn.execute(sa.select(sa.func.max(scans.c.revision))).scalar() or 0), []
             rows = _scan_rows(conn, [scans.c.revision > after], limit=200, order=(scans.c.revision,))
@@ -145,16 +146,20 @@ async def scan_events(request: Request, service: ServiceDep, user: Viewer) -> St
         cursor = int(last_id) if last_id.isdigit() else None
         cursor, _ = await asyncio.to_thread(changes, cursor) if cursor is None else (cursor, [])
         yield "retry: 2000\n\n"
-        quiet = 0.0
+        quiet_since = time.monotonic()
         while not await request.is_disconnected():
+            seen = service.change_count
             cursor, rows = await asyncio.to_thread(changes, cursor)
             for row in rows:
                 yield f"id: {row.revision}\nevent: scan\ndata: {row.model_dump_json()}\n\n"
-            quiet = 0.0 if rows else quiet + 0.5
-            if quiet >= 15:  # keeps proxies from closing an idle stream
+            if rows:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > 15:  # keeps proxies from closing an idle stream
                 yield ": still here\n\n"
-                quiet = 0.0
-            await asyncio.sleep(0.5)
+                quiet_since = time.monotonic()
+            # Woken at once by a change in this process; another process's
+            # (a second server on the same PostgreSQL) shows within a second.
+            await asyncio.to_thread(service.wait_for_change, seen, 1.0)
 
     return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
@@ -204,7 +209,7 @@ async def scan_image(scan_id: str, service: ServiceDep, user: Viewer,
 
 
 def _scan_status(service, scan_id: str) -> str | None:
-    with service.store.transaction() as conn:
+    with service.store.read() as conn:
         return conn.execute(sa.select(scans.c.status).where(scans.c.scan_id == scan_id)).scalar()
 
 
@@ -214,7 +219,7 @@ def scan_output(scan_id: str, output: Literal["result.json", "annotated.png", "t
                 user: Viewer) -> Response:
     """The pipeline's outputs: result JSON, annotated PNG, or the machine TDR (DICOS)."""
     column, media_type = _OUTPUTS[output]
-    with service.store.transaction() as conn:
+    with service.store.read() as conn:
         digest = conn.execute(sa.select(results.c[column]).where(results.c.scan_id == scan_id)).scalar()
     if digest is None:
         state = _scan_status(service, scan_id)
@@ -234,4 +239,5 @@ def post_decision(scan_id: str, body: DecisionIn, service: ServiceDep, user: Cur
     except DecisionError as err:
         raise HTTPException(err.status, str(err)) from None
     service.counters[f"officer_{decision.outcome}"] += 1
+    service.notify_change()
     return decision.to_dict()

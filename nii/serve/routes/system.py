@@ -22,7 +22,7 @@ router = APIRouter(tags=["system"])
 def health(service: ServiceDep) -> dict[str, Any]:
     """Up, database reachable, workers running, and the queue. No login needed."""
     try:
-        with service.store.transaction() as conn:
+        with service.store.read() as conn:
             counts = dict(conn.execute(sa.select(scans.c.status, sa.func.count()).group_by(scans.c.status)).all())
     except sa.exc.SQLAlchemyError:
         raise HTTPException(status.HTTP_503_SERVICE_UNAVAILABLE, "database unreachable") from None
@@ -44,7 +44,7 @@ class _ServiceCollector:
             counters.add_metric([event], count)
         yield counters
         queue = GaugeMetricFamily("nii_scans", "Scans in the store by status", labels=["status"])
-        with self.service.store.transaction() as conn:
+        with self.service.store.read() as conn:
             for state, count in conn.execute(sa.select(scans.c.status, sa.func.count()).group_by(scans.c.status)):
                 queue.add_metric([state], count)
         yield queue
@@ -86,6 +86,6 @@ def read_audit(service: ServiceDep, user: allowed(Permission.READ_AUDIT),
                after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
                target: Annotated[str | None, Query(max_length=160)] = None) -> dict[str, Any]:
     """Audit entries after ``after``, oldest first."""
-    with service.store.transaction() as conn:
+    with service.store.read() as conn:
         rows = audit.entries(conn, after=after, limit=limit, target=target)
     return {"entries": [r.to_dict() for r in rows]}
