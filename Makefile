@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test samples bench bench-calibrate bench-detect clean
+.PHONY: run test samples bench bench-calibrate bench-detect bench-serve clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nii needs Python 3.11+; found " + sys.version.split()[0])'
@@ -14,10 +14,11 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-# The main job. Until the service lands: analyse every sample scan with the
-# shipped pipeline (configs/pipeline.toml) into runs/analysis/<scan>/.
+# The main job: the operator service on localhost (viewer, API, DICOM SCP on
+# 11112), with the sample scans analysed. It prints where to open the viewer
+# and how to log in; Ctrl-C stops it. Its data stays in runs/service.
 run: $(STAMP)
-	$(BIN)/nii analyze sample_scans --out runs/analysis
+	$(BIN)/nii serve --data runs/service --samples sample_scans
 
 # pytest exits 5 when it collects no test; that is not a failure of the code.
 test: $(STAMP)
@@ -38,6 +39,10 @@ bench-calibrate: $(STAMP)
 # Contraband detector time per 1024x768 scan, on 2 and 1 threads.
 bench-detect: $(STAMP)
 	$(BIN)/python benchmarks/bench_detect.py
+
+# The service under 20 lanes of baggage uploads for 60 s, capacity, and kill -9 mid-load.
+bench-serve: $(STAMP)
+	$(BIN)/python benchmarks/bench_serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -25,6 +25,7 @@ import functools
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -230,6 +231,21 @@ def calibrate_with_scanner_profile(scan: Scan, profile_root: str | os.PathLike =
         return calibrate_scan(scan, None)
     stat = path.stat()
     return _scanner_calibrator(str(path.resolve()), stat.st_mtime_ns, stat.st_size)(scan)
+
+
+def warm_scanner_profiles(profile_root: str | os.PathLike = "calibration") -> list[str]:
+    """Build the calibrator of every scanner profile under ``profile_root`` now.
+
+    A service calls this at start, so the first scan of each scanner is not
+    the one that waits for the material lookup to be tabulated. Returns the
+    scanner ids warmed.
+    """
+    warmed = []
+    for path in sorted(Path(profile_root).glob("*/profile.npz")):
+        stat = path.stat()
+        _scanner_calibrator(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
+        warmed.append(path.parent.name)
+    return warmed
 
 
 def calibrate_uncalibrated(scan: Scan) -> CalibratedScan:

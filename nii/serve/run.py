@@ -92,7 +92,9 @@ def serve(data_dir: str | os.PathLike, config: ServiceConfig, *, database_url: s
         if config.hot_folder:
             print(f"hot folder: {config.hot_folder}")
         print("API documentation: " + where + "docs   (Ctrl-C stops the service)", flush=True)
-        uvicorn.run(create_app(service), host=config.host, port=config.port, log_level="warning")
+        # Open event streams (viewers) would hold a graceful shutdown open for ever.
+        uvicorn.run(create_app(service), host=config.host, port=config.port, log_level="warning",
+                    timeout_graceful_shutdown=3)
     finally:
         for stop in stoppers:
             stop()

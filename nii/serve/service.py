@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from nii.annotate.result import write_outputs
 from nii.calibrate.calibrated import CalibratedScan
-from nii.calibrate.correct import calibrate_with_scanner_profile
+from nii.calibrate.correct import calibrate_with_scanner_profile, warm_scanner_profiles
 from nii.config import read_toml
 from nii.ingest import read_source
 from nii.pipeline import AnalysisError, Pipeline, PipelineConfig, load_pipeline_config
@@ -173,11 +173,17 @@ class Service:
         """Requeue what a crash left running, then start the workers; return the requeued ids."""
         requeued = self.store.requeue_unfinished()
         if requeued:
-            log.warning("%d scans left unfinished by the last run are queued again", len(requeued))
+            log.info("%d scans left unfinished by the last run are queued again", len(requeued))
         count = workers or self.config.workers
         _share_cores(count)
-        for i in range(count):
-            thread = threading.Thread(target=self._work, name=f"nii-worker-{i}", daemon=True)
+        # Load the models and tabulate every scanner's material lookup now, so
+        # the first scans after a start do not wait seconds for it.
+        config = self.pipeline_config()
+        pipelines = [Pipeline(config) for _ in range(count)]
+        warm_scanner_profiles(config.calibration_root)
+        for i, pipeline in enumerate(pipelines):
+            thread = threading.Thread(target=self._work, args=(pipeline, config), name=f"nii-worker-{i}",
+                                      daemon=True)
             thread.start()
             self._threads.append(thread)
         return requeued
@@ -194,11 +200,10 @@ class Service:
     def workers_alive(self) -> int:
         return sum(t.is_alive() for t in self._threads)
 
-    def _work(self) -> None:
-        pipeline, revision = None, None
+    def _work(self, pipeline: Pipeline, revision: PipelineConfig) -> None:
         while not self._stop.is_set():
             wanted = self.pipeline_config()
-            if pipeline is None or wanted != revision:
+            if wanted != revision:  # thresholds changed in the service
                 pipeline, revision = Pipeline(wanted), wanted
             with self.store.transaction() as conn:
                 scan_id = self.store.claim_scan(conn)
