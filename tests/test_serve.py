@@ -172,6 +172,9 @@ def test_decisions_roles_and_audit(client, analysed, service):
     client.get(f"/api/scans/{scan_id}", headers=dev)
     latest = client.get("/api/audit", params={"target": scan_id}, headers=sup).json()["entries"][-1]
     assert (latest["username"], latest["action"]) == ("dev", "view")
+    client.get(f"/api/scans/{scan_id}/tdr.dcm", headers=dev)
+    latest = client.get("/api/audit", params={"target": scan_id}, headers=sup).json()["entries"][-1]
+    assert (latest["username"], latest["action"], latest["detail"]) == ("dev", "download", {"file": "tdr.dcm"})
 
 
 def test_only_model_developers_and_admins_change_thresholds(client, service):
@@ -366,3 +369,19 @@ def test_service_config_defaults_work_and_bad_ones_are_named(tmp_path):
     bad.write_text("[proccessing]\n")
     with pytest.raises(ValueError, match="unknown sections proccessing"):
         load_service_config(bad)
+
+
+def test_a_new_data_folder_gets_an_admin_whose_password_only_its_owner_reads(tmp_path):
+    from nii.serve.auth import authenticate
+    from nii.serve.run import ADMIN_PASSWORD_FILE, first_admin
+
+    store = Store.open(tmp_path)
+    how = first_admin(store, tmp_path)
+    password_file = tmp_path / ADMIN_PASSWORD_FILE
+    password = password_file.read_text().strip()
+    assert password in how and "admin" in how and oct(password_file.stat().st_mode & 0o777) == "0o600"
+    with store.transaction() as conn:
+        assert authenticate(conn, "admin", password).role == "admin"
+    assert first_admin(store, tmp_path) == how  # a restart keeps the same admin
+    password_file.unlink()
+    assert "nii users add" in first_admin(store, tmp_path)

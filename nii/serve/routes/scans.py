@@ -217,10 +217,13 @@ def _scan_status(service, scan_id: str) -> str | None:
                                                                  "application/dicom": {}}}})
 def scan_output(scan_id: str, output: Literal["result.json", "annotated.png", "tdr.dcm"], service: ServiceDep,
                 user: Viewer) -> Response:
-    """The pipeline's outputs: result JSON, annotated PNG, or the machine TDR (DICOS)."""
+    """The pipeline's outputs: result JSON, annotated PNG, or the machine TDR (DICOS). Recorded as a view."""
     column, media_type = _OUTPUTS[output]
-    with service.store.read() as conn:
+    with service.store.transaction() as conn:
         digest = conn.execute(sa.select(results.c[column]).where(results.c.scan_id == scan_id)).scalar()
+        if digest is not None:
+            audit.append(service.store, conn, username=user.username, action="download", target=scan_id,
+                         detail={"file": output})
     if digest is None:
         state = _scan_status(service, scan_id)
         if state is None:
