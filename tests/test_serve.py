@@ -86,6 +86,12 @@ def test_an_upload_is_analysed_and_its_outputs_served(client, analysed):
     assert client.get("/api/scans/nope/result.json", headers=op).status_code == 404
 
 
+@pytest.mark.parametrize("stem", ["bag-threat-console", "parcel-dicos-dx"])
+def test_image_and_dicom_files_are_accepted_over_http(client, stem):
+    reply = upload(client, stem, login(client, "op"))
+    assert reply.status_code in (200, 202) and reply.json()["scan_id"]
+
+
 def test_the_same_scan_twice_is_one_scan(client, analysed):
     op = login(client, "op")
     again = upload(client, "bag-threat", op)

@@ -148,9 +148,10 @@ def test_only_a_supervisor_reverses_a_decision(store):
     add_users(store)
     scan_id = accept_scan(store, sample_uploads("bag-threat"), source="http", username=None).scan_id
     op, sup, dev = User("op", "operator"), User("sup", "supervisor"), User("dev", "model_developer")
+    admin = User("boss", "admin")
     with store.transaction() as conn:
         first = record_decision(store, conn, op, scan_id, "search")
-    for user, code in [(op, 403), (dev, 403)]:
+    for user, code in [(op, 403), (dev, 403), (admin, 403)]:
         with pytest.raises(DecisionError) as err, store.transaction() as conn:
             record_decision(store, conn, user, scan_id, "clear")
         assert err.value.status == code

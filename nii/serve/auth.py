@@ -11,7 +11,8 @@ Roles and what they may do (:data:`ROLE_PERMISSIONS`):
 operator          view scans, submit scans, record a decision on a scan
 supervisor        all an operator may, reverse a decision, read the audit log
 model_developer   view scans and results, change alarm thresholds
-admin             everything, and manage users
+admin             manage users, change thresholds, read the audit log, view and
+                  submit scans; not decide (decisions are officers' work)
 ================  ==========================================================
 """
 
@@ -49,7 +50,9 @@ ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "supervisor": frozenset({Permission.VIEW, Permission.SUBMIT, Permission.DECIDE, Permission.REVERSE_DECISION,
                              Permission.READ_AUDIT}),
     "model_developer": frozenset({Permission.VIEW, Permission.CHANGE_THRESHOLDS}),
-    "admin": frozenset(Permission),
+    # Decisions are officers' work: an administrator runs the site, but only a
+    # supervisor may overturn what an officer decided.
+    "admin": frozenset(Permission) - {Permission.DECIDE, Permission.REVERSE_DECISION},
 }
 ROLES = tuple(ROLE_PERMISSIONS)
 
