@@ -135,7 +135,7 @@ def accept_scan(store: Store, uploads: Sequence[Upload], *, source: str, usernam
                 return Accepted(scan.scan_id, existing, duplicate=True)
             conn.execute(scans.insert().values(
                 scan_id=scan.scan_id, received_at=utc_now(), source=source, submitted_by=username,
-                kind=scan.kind.value, scanner_id=scan.scanner_id,
+                kind=scan.kind.value, scanner_id=scan.scanner_id, lane=_lane(scan.metadata),
                 acquired_at=scan.acquired_at.isoformat() if scan.acquired_at else None,
                 status="queued", revision=store.next_revision(conn)))
             conn.execute(scan_files.insert(), [
@@ -147,6 +147,12 @@ def accept_scan(store: Store, uploads: Sequence[Upload], *, source: str, usernam
         # PostgreSQL: the same scan committed by a concurrent submission.
         return Accepted(scan.scan_id, "queued", duplicate=True)
     return Accepted(scan.scan_id, "queued", duplicate=False)
+
+
+def _lane(metadata) -> str | None:
+    """The screening lane a scanner names in the scan's metadata (``lane``), for reporting."""
+    lane = metadata.get("lane") if hasattr(metadata, "get") else None
+    return str(lane)[:64] if lane not in (None, "") else None
 
 
 def _read_one_scan(folder: Path, names: list[str], read_limits: ReadLimits):

@@ -122,6 +122,59 @@ audit = sa.Table(
     sa.Column("hash", sa.String(64), nullable=False),
 )
 
+# Cases (issue #10): what officers found after a search, and the files of it.
+cases = sa.Table(
+    "cases", metadata,
+    sa.Column("case_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("opened_at", sa.String(32), nullable=False, index=True),
+    sa.Column("opened_by", sa.String(64), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # open, referred, closed
+    sa.Column("updated_at", sa.String(32), nullable=False),
+    sa.Column("category", sa.String(32)),  # DICOS threat category of what was found
+    sa.Column("description", sa.Text),
+    sa.Column("quantity", sa.String(64)),  # estimated quantity or weight, as the officer wrote it
+    sa.Column("seized", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("bag_tag", sa.String(64)),
+    sa.Column("container_number", sa.String(64)),
+    sa.Column("declaration_number", sa.String(64)),
+)
+
+case_scans = sa.Table(
+    "case_scans", metadata,
+    sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.case_id"), primary_key=True),
+    sa.Column("scan_id", sa.String(128), sa.ForeignKey("scans.scan_id"), primary_key=True),
+)
+
+case_notes = sa.Table(
+    "case_notes", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.case_id"), nullable=False, index=True),
+    sa.Column("at", sa.String(32), nullable=False),
+    sa.Column("username", sa.String(64), nullable=False),
+    sa.Column("text", sa.Text, nullable=False),
+)
+
+case_attachments = sa.Table(
+    "case_attachments", metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("case_id", sa.Integer, sa.ForeignKey("cases.case_id"), nullable=False, index=True),
+    sa.Column("added_at", sa.String(32), nullable=False),
+    sa.Column("added_by", sa.String(64), nullable=False),
+    sa.Column("name", sa.String(128), nullable=False),  # made safe by intake.safe_name
+    sa.Column("media_type", sa.String(64), nullable=False),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+)
+
+# Columns added after version 1; migration 3 adds them to older databases.
+_ADDED_COLUMNS = {
+    "decisions": [sa.Column("operator_tdr_sha256", sa.String(64))],  # the officer's DICOS TDR
+    "scans": [sa.Column("lane", sa.String(64))],  # the screening lane, for reporting
+}
+for _table, _columns in _ADDED_COLUMNS.items():
+    for _column in _columns:
+        metadata.tables[_table].append_column(_column.copy())
+
 schema_migrations = sa.Table(
     "schema_migrations", sa.MetaData(),
     sa.Column("version", sa.Integer, primary_key=True, autoincrement=False),
@@ -150,6 +203,19 @@ def _create_tables(conn: Connection) -> None:
     metadata.create_all(conn)
 
 
+def _cases_and_lanes(conn: Connection) -> None:
+    # A database made at version 1 or 2 lacks these; one made later has them
+    # already (version 1 creates the current tables), so each step checks.
+    metadata.create_all(conn, tables=[cases, case_scans, case_notes, case_attachments], checkfirst=True)
+    inspector = sa.inspect(conn)
+    for table, columns in _ADDED_COLUMNS.items():
+        present = {c["name"] for c in inspector.get_columns(table)}
+        for column in columns:
+            if column.name not in present:
+                type_ = column.type.compile(dialect=conn.dialect)
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {type_}")
+
+
 def _append_only_audit(conn: Connection) -> None:
     for statement in _APPEND_ONLY.get(conn.dialect.name, []):
         conn.exec_driver_sql(statement)
@@ -161,6 +227,7 @@ def _append_only_audit(conn: Connection) -> None:
 MIGRATIONS: tuple[tuple[int, str, Callable[[Connection], None]], ...] = (
     (1, "scans, files, results, decisions, users, tokens, settings, audit", _create_tables),
     (2, "audit log is append-only", _append_only_audit),
+    (3, "cases, their scans, notes and attachments; operator TDRs; lanes", _cases_and_lanes),
 )
 
 
