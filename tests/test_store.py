@@ -205,3 +205,20 @@ def test_audit_appends_from_many_threads_stay_one_chain(store):
         t.join()
     with store.transaction() as conn:
         assert audit.verify_chain(audit.entries(conn)) == (40, None)
+
+
+def test_an_older_database_is_brought_up_to_date(store, tmp_path):
+    """A database made before version 3 gains the cases tables and the new columns."""
+    from nii.serve.store import migrate
+
+    with store.transaction() as conn:  # back to what version 2 made
+        for table in ("case_attachments", "case_notes", "case_scans", "cases"):
+            conn.exec_driver_sql(f"DROP TABLE {table}")
+        conn.exec_driver_sql("ALTER TABLE decisions DROP COLUMN operator_tdr_sha256")
+        conn.exec_driver_sql("ALTER TABLE scans DROP COLUMN lane")
+        conn.execute(schema_migrations.delete().where(schema_migrations.c.version == 3))
+    assert migrate(store.engine) == [3]
+    inspector = sa.inspect(store.engine)
+    assert {"cases", "case_scans", "case_notes", "case_attachments"} <= set(inspector.get_table_names())
+    assert "lane" in {c["name"] for c in inspector.get_columns("scans")}
+    assert "operator_tdr_sha256" in {c["name"] for c in inspector.get_columns("decisions")}

@@ -50,6 +50,7 @@ class Decision:
     category: str | None
     note: str | None
     supersedes: int | None
+    operator_tdr_sha256: str | None = None  # the officer's DICOS TDR (type OPERATOR), in the blob store
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -168,12 +168,12 @@ case_attachments = sa.Table(
 
 # Columns added after version 1; migration 3 adds them to older databases.
 _ADDED_COLUMNS = {
-    "decisions": [sa.Column("operator_tdr_sha256", sa.String(64))],  # the officer's DICOS TDR
-    "scans": [sa.Column("lane", sa.String(64))],  # the screening lane, for reporting
+    "decisions": [("operator_tdr_sha256", sa.String(64))],  # the officer's DICOS TDR
+    "scans": [("lane", sa.String(64))],  # the screening lane, for reporting
 }
 for _table, _columns in _ADDED_COLUMNS.items():
-    for _column in _columns:
-        metadata.tables[_table].append_column(_column.copy())
+    for _name, _type in _columns:
+        metadata.tables[_table].append_column(sa.Column(_name, _type))
 
 schema_migrations = sa.Table(
     "schema_migrations", sa.MetaData(),
@@ -210,10 +210,9 @@ def _cases_and_lanes(conn: Connection) -> None:
     inspector = sa.inspect(conn)
     for table, columns in _ADDED_COLUMNS.items():
         present = {c["name"] for c in inspector.get_columns(table)}
-        for column in columns:
-            if column.name not in present:
-                type_ = column.type.compile(dialect=conn.dialect)
-                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {column.name} {type_}")
+        for name, type_ in columns:
+            if name not in present:
+                conn.exec_driver_sql(f"ALTER TABLE {table} ADD COLUMN {name} {type_.compile(dialect=conn.dialect)}")
 
 
 def _append_only_audit(conn: Connection) -> None:
