@@ -549,3 +549,31 @@ def test_live_event_adds_a_new_scan_without_reload(login, server):
     # The same row turns from queued to its verdict when the analysis is done.
     expect(rows.first.locator(".badge")).to_have_text("CLEAR", timeout=60000)
     assert page.evaluate("window.sameDocument") is True
+
+
+def test_an_officer_opens_a_case_from_the_viewer(login, server):
+    from nii.serve.store import case_notes, cases
+
+    page = login(OPERATOR)
+    open_scan(page, server.ct_id)
+    page.click("#case-open")
+    page.select_option("#case-category", "EXPLOSIVE")
+    page.fill("#case-description", "sheet explosive in the lining")
+    page.fill("#case-quantity", "0.4 kg")
+    page.check("#case-seized")
+    page.fill("#case-declaration-number", "DECL-77")
+    page.click("#case-confirm")
+    expect(page.locator("#case-message")).to_contain_text("opened")
+    item = page.locator("#case-list .case").first
+    expect(item).to_contain_text("seized")
+    item.locator(".case-status").select_option("referred")
+    expect(page.locator("#case-message")).to_contain_text("saved")
+    page.locator('#case-list .case input[type=text]').first.fill("handed to the police")
+    page.locator('#case-list .case input[type=text]').first.press("Enter")
+    expect(page.locator("#case-list .case-notes li")).to_contain_text("handed to the police")
+    with server.store.read() as conn:
+        stored = conn.execute(sa.select(cases)).one()
+        notes = conn.execute(sa.select(case_notes.c.text)).scalars().all()
+    assert (stored.category, stored.quantity, stored.seized, stored.status, stored.declaration_number) == (
+        "EXPLOSIVE", "0.4 kg", True, "referred", "DECL-77")
+    assert notes == ["handed to the police"]

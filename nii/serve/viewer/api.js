@@ -18,9 +18,11 @@ export function whenUnauthorized(callback) {
 
 const scanPath = (id) => `/api/scans/${encodeURIComponent(id)}`;
 
-async function request(method, path, { json, form, expect = "json", quiet401 = false, signal } = {}) {
+async function request(method, path, { json, form, body, expect = "json", quiet401 = false, signal } = {}) {
   const init = { method, credentials: "same-origin", headers: {}, signal };
-  if (json !== undefined) {
+  if (body !== undefined) {
+    init.body = body; // FormData: the browser sets the multipart boundary
+  } else if (json !== undefined) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
   } else if (form !== undefined) {
@@ -77,6 +79,20 @@ export const api = {
   outputUrl: (id, name) => `${scanPath(id)}/${name}`,
 
   decide: (id, decision) => request("POST", `${scanPath(id)}/decisions`, { json: decision }),
+
+  /** Cases: {cases} filtered by {scan_id, status}; one case; open, change, note, attach. */
+  cases(filters = {}) {
+    return request("GET", `/api/cases?${new URLSearchParams(filters)}`);
+  },
+  caseById: (id) => request("GET", `/api/cases/${id}`),
+  openCase: (body) => request("POST", "/api/cases", { json: body }),
+  changeCase: (id, body) => request("PATCH", `/api/cases/${id}`, { json: body }),
+  addNote: (id, text) => request("POST", `/api/cases/${id}/notes`, { json: { text } }),
+  attach(id, file) {
+    const body = new FormData();
+    body.append("file", file);
+    return request("POST", `/api/cases/${id}/attachments`, { body });
+  },
 
   /** Live scan changes (Server-Sent Events); the session cookie goes along. */
   events: () => new EventSource("/api/scans/events"),

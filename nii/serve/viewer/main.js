@@ -2,6 +2,7 @@
 // together, the live event stream, and the keyboard shortcuts.
 
 import { api, whenUnauthorized } from "./api.js";
+import { CasePanel } from "./cases.js";
 import { DecisionPanel } from "./decisions.js";
 import { showAlerts, showFacts } from "./details.js";
 import { $, $$ } from "./dom.js";
@@ -10,6 +11,8 @@ import { Queue, followScans } from "./queue.js";
 import { TOOLS, Viewer } from "./viewer.js";
 
 const state = { user: null, live: null, openToken: 0 };
+// Roles with the read_reports permission (nii.serve.auth); the API checks it again.
+const REPORT_ROLES = ["supervisor", "admin"];
 
 // -- messages ---------------------------------------------------------------------------------------------------------
 
@@ -34,6 +37,7 @@ const decisions = new DecisionPanel($("#decision"), $("#decision-dialog"), {
   user: () => state.user,
   onDecided: (scanId) => refresh(scanId),
 });
+const casePanel = new CasePanel($("#case"), $("#case-dialog"));
 const queue = new Queue($("#queue"), { onSelect: (scan) => open(scan.scan_id), onError: showError });
 
 /** Open a scan: its result and decisions first, so the boxes and the image arrive together. */
@@ -57,6 +61,7 @@ function render({ scan, result, decisions: history }) {
   showFacts(details, scan, result);
   showAlerts(details, scan, result, { onFocus: focusAlert, highlighted: viewer.highlighted });
   decisions.show(scan, history);
+  casePanel.show(scan);
 }
 
 function focusAlert(alert) {
@@ -101,6 +106,7 @@ function enter(user) {
   $("#who-name").textContent = user.username;
   $("#who-role").textContent = user.role.replaceAll("_", " ");
   $("#who").hidden = $("#logout").hidden = false;
+  $("#report-link").hidden = !REPORT_ROLES.includes(user.role);
   $("#login-view").hidden = true;
   $("#app").hidden = false;
   queue.reload();
@@ -117,7 +123,7 @@ function leave(message = "") {
   viewer.clear();
   $("#live").dataset.state = "offline";
   $("#live").textContent = LIVE_WORDS.offline;
-  $("#who").hidden = $("#logout").hidden = true;
+  $("#who").hidden = $("#logout").hidden = $("#report-link").hidden = true;
   $("#app").hidden = true;
   $("#login-view").hidden = false;
   $("#login-error").textContent = message;
