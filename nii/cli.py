@@ -172,6 +172,26 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     return 1 if refused else 0
 
 
+def cmd_batch_run(args: argparse.Namespace) -> int:
+    """Re-analyse archives into RESULTS (Parquet), resumably; 1 if any scan was refused."""
+    from nii.batch import run_batch
+
+    summary = run_batch(args.archives, args.out, config=args.config, engine=args.engine, workers=args.workers,
+                        outputs=args.outputs, chunk_size=args.chunk_size, ray_address=args.ray_address,
+                        progress=not (args.quiet or args.json))
+    print(json.dumps(summary.to_dict()) if args.json else summary.text())
+    return 1 if summary.errors else 0
+
+
+def cmd_batch_diff(args: argparse.Namespace) -> int:
+    """Compare two batch runs scan by scan: alerts new, removed and changed."""
+    from nii.batch import diff_runs, diff_text
+
+    diff = diff_runs(args.results_a, args.results_b, min_iou=args.min_iou, score_tolerance=args.score_tolerance)
+    print(json.dumps(diff.to_dict()) if args.json else diff_text(diff))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Time the pipeline on the standard workloads, with Faster R-CNN beside it."""
     from nii.bench import bench_table, run_bench
@@ -341,6 +361,81 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """Supervisors' figures for a period: scans, alarms, decisions, agreement, decision times, seizures."""
+    import dataclasses
+
+    from nii.serve.report import TABLES, build_report, parse_period, report_csv, report_text
+    from nii.serve.service import load_service_config
+
+    config = load_service_config(args.service_config).reporting
+    if args.timezone:
+        config = dataclasses.replace(config, timezone=args.timezone)
+    period = parse_period(args.start, args.end, timezone=config.timezone)
+    with _open_store(args).read() as conn:
+        report = build_report(conn, period, by=args.by, config=config)
+    tables = [args.table] if args.table else list(TABLES)
+    if args.format == "json":
+        print(json.dumps(report.to_dict(), indent=2))
+    elif args.format == "csv":
+        # One table is plain CSV; several are blocks, each after a "# name" line.
+        print("\n".join(report_csv(report, t) if len(tables) == 1 else f"# {t}\n{report_csv(report, t)}"
+                        for t in tables), end="")
+    else:
+        print(report_text(report, tables))
+    return 0
+
+
+def cmd_evidence_export(args: argparse.Namespace) -> int:
+    """Write a case's signed evidence package."""
+    from nii.evidence import export_case, load_private_key, site_key
+    from nii.pipeline import load_pipeline_config
+
+    key = load_private_key(args.key) if args.key else site_key(args.data)
+    config = load_pipeline_config(args.pipeline)
+    store = _open_store(args)
+    exported = export_case(store, args.case, args.out, key=key, models_root=config.models_root,
+                           calibration_root=config.calibration_root)
+    print(f"wrote {exported.path}: {exported.files} files, manifest sha256 {exported.manifest_sha256}, "
+          f"signed by {exported.fingerprint}")
+    return 0
+
+
+def cmd_evidence_verify(args: argparse.Namespace) -> int:
+    """Check an evidence package: 0 intact, 1 a mismatch or an untrusted signer, 2 unreadable."""
+    from nii.evidence import fingerprint, load_public_key, site_key, verify_package
+
+    trusted = None
+    if args.public_key:
+        trusted = load_public_key(args.public_key)
+    elif args.data:
+        trusted = site_key(args.data, create=False).public_key()
+    result = verify_package(args.package, trusted_key=trusted)
+    for problem in result.problems:
+        print(problem)
+    if result.problems:
+        return 1
+    if result.trusted is False:
+        print(f"UNTRUSTED: signed by {result.fingerprint}, not by the trusted key {fingerprint(trusted)}")
+        return 1
+    print(f"OK: {result.files} files, signed by {result.fingerprint}")
+    if result.trusted is None:
+        print("NOTE: no trusted key given (--public-key or --data): the signature proves the package is unchanged "
+              "since it was signed, not who signed it; compare the fingerprint with the site's published one")
+    return 0
+
+
+def cmd_evidence_key(args: argparse.Namespace) -> int:
+    """Print the site key's public half and fingerprint, for publishing."""
+    from nii.evidence import fingerprint, load_private_key, site_key
+    from nii.evidence.keys import public_pem
+
+    key = (load_private_key(args.key) if args.key else site_key(args.data)).public_key()
+    sys.stdout.write(public_pem(key).decode())
+    print(f"fingerprint {fingerprint(key)}")
+    return 0
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -457,6 +552,38 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     bench.set_defaults(run=cmd_bench)
 
+    batch = commands.add_parser("batch", help="re-analyse archived scans into Parquet tables; compare two runs")
+    batch_steps = batch.add_subparsers(dest="step", required=True, metavar="STEP")
+    batch_run = batch_steps.add_parser(
+        "run", help="analyse every scan of the archives into RESULTS; run it again after a stop to carry on")
+    batch_run.add_argument("archives", nargs="+", metavar="ARCHIVE",
+                           help="scan folders (walked recursively), list files of paths (.txt, .lst, .list), "
+                                "or service data folders (holding nii.sqlite3)")
+    batch_run.add_argument("--out", required=True, metavar="RESULTS",
+                           help="folder for scans.parquet, alerts.parquet and the manifest")
+    batch_run.add_argument("--config", help="pipeline config (default: configs/pipeline.toml)")
+    batch_run.add_argument("--engine", choices=["local", "ray"], default="local",
+                           help="local: a process pool here; ray: Ray Data on a cluster (default %(default)s)")
+    batch_run.add_argument("--workers", type=_positive_int,
+                           help="processes or Ray actors (default: the cores, or the cluster's GPUs)")
+    batch_run.add_argument("--ray-address", help="Ray cluster to join (default: start a local instance)")
+    batch_run.add_argument("--outputs", action="store_true",
+                           help="also write each scan's result.json, annotated.png and tdr.dcm under RESULTS/outputs/")
+    batch_run.add_argument("--chunk-size", type=_positive_int, default=256,
+                           help="scans per committed part: the most work a kill can lose (default %(default)s)")
+    batch_run.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    batch_run.add_argument("--quiet", action="store_true", help="no progress bars")
+    batch_run.set_defaults(run=cmd_batch_run)
+    batch_diff = batch_steps.add_parser("diff", help="per scan, the alerts new, removed or changed from run A to B")
+    batch_diff.add_argument("results_a", metavar="RESULTS_A", help="the earlier run (e.g. model v1)")
+    batch_diff.add_argument("results_b", metavar="RESULTS_B", help="the later run (e.g. model v2)")
+    batch_diff.add_argument("--min-iou", type=float, default=0.5,
+                            help="box IoU from which alerts of one class are the same object (default %(default)s)")
+    batch_diff.add_argument("--score-tolerance", type=float, default=1e-3,
+                            help="score differences up to this are not a change (default %(default)s)")
+    batch_diff.add_argument("--json", action="store_true", help="print one JSON object")
+    batch_diff.set_defaults(run=cmd_batch_diff)
+
     train = commands.add_parser("train", help="train a detector (or evaluate the physics rules) and publish it under models/")
     train.add_argument("config", metavar="CONFIG",
                        help="training config (TOML), e.g. configs/contraband-fcos.toml, or configs/rules.toml")
@@ -506,6 +633,49 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_steps.add_parser("verify", help="check the hash chain; exit 1 at the first broken link")
     _data_options(verify)
     verify.set_defaults(run=cmd_audit)
+
+    report = commands.add_parser(
+        "report", help="supervisors' figures for a period by day, shift, lane or scanner (as the viewer's report page)")
+    report.add_argument("--from", dest="start", required=True, metavar="DATE",
+                        help="first day of the period, YYYY-MM-DD (or a time YYYY-MM-DDTHH:MM), site time zone")
+    report.add_argument("--to", dest="end", required=True, metavar="DATE",
+                        help="end of the period, not included: --from 2026-03-01 --to 2026-03-08 is one week")
+    report.add_argument("--by", choices=["day", "shift", "lane", "scanner"], default="day",
+                        help="one group per (default %(default)s)")
+    report.add_argument("--format", choices=["table", "csv", "json"], default="table",
+                        help="table: for people (default); csv: for spreadsheets; json: every figure")
+    report.add_argument("--table", choices=["scans", "decisions", "confusion", "decision_time", "seizures"],
+                        help="show one table only (default all; with --format csv, all comes as blocks "
+                             "each after a '# NAME' line)")
+    report.add_argument("--timezone", help="IANA time zone for days and shifts (default: the service config's)")
+    report.add_argument("--service-config", help="service config with the [reporting] shifts and time zone "
+                                                 "(default: configs/service.toml)")
+    _data_options(report)
+    report.set_defaults(run=cmd_report)
+
+    evidence = commands.add_parser("evidence", help="export a case as a signed evidence package; verify one")
+    evidence_steps = evidence.add_subparsers(dest="step", required=True, metavar="STEP")
+    export = evidence_steps.add_parser("export", help="write the case's scans, results, TDRs, decisions, audit "
+                                                      "excerpt, models, calibration and report, signed")
+    export.add_argument("case", type=_positive_int, metavar="CASE", help="the case number")
+    export.add_argument("--out", required=True, metavar="FILE", help="the package to write (a zip)")
+    export.add_argument("--key", metavar="FILE",
+                        help="Ed25519 private key (PEM) to sign with "
+                             "(default: DATA/site-signing-key.pem, made if missing)")
+    export.add_argument("--pipeline", metavar="FILE",
+                        help="pipeline config naming the models and calibration folders (default: the shipped one)")
+    _data_options(export)
+    export.set_defaults(run=cmd_evidence_export)
+    check = evidence_steps.add_parser("verify", help="check every hash and the signature; exit 1 at a mismatch")
+    check.add_argument("package", metavar="FILE")
+    trust = check.add_mutually_exclusive_group()
+    trust.add_argument("--public-key", metavar="FILE", help="the site's published public key (PEM) to trust")
+    trust.add_argument("--data", help="trust the site key of this service data folder")
+    check.set_defaults(run=cmd_evidence_verify)
+    key_step = evidence_steps.add_parser("key", help="print the site's public key and fingerprint, for publishing")
+    key_step.add_argument("--key", metavar="FILE", help="another private key (PEM) than the site's")
+    key_step.add_argument("--data", default="nii-data", help="the service's data folder (default %(default)s)")
+    key_step.set_defaults(run=cmd_evidence_key)
 
     models = commands.add_parser("models", help="list registered models and verify their hashes")
     models.add_argument("--models", help="registry folder (default the repository's models/)")
