@@ -4,20 +4,27 @@ A scan's first decision is any operator's. Once decided, only a supervisor
 may record a different one, which reverses (``supersedes``) the last; the
 earlier decision stays in the table and in the audit log, so the history is
 never rewritten.
+
+Each decision on an analysed scan is also a DICOS Threat Detection Report of
+type OPERATOR (:func:`nii.annotate.tdr.operator_tdr`), built from the scan's
+machine TDR and kept in the blob store, so a DICOS workstation sees the
+officer's verdict beside the algorithm's.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from datetime import datetime
 from enum import Enum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from nii.annotate.tdr import operator_tdr, read_tdr, tdr_bytes
 from nii.serve import audit
 from nii.serve.auth import Permission, User
-from nii.serve.store import Store, decisions, scans, utc_now
+from nii.serve.store import Store, decisions, results, scans, utc_now
 
 __all__ = ["THREAT_CATEGORIES", "DecisionError", "Outcome", "decisions_of", "record_decision"]
 
@@ -64,7 +71,19 @@ def decisions_of(conn: Connection, scan_id: str) -> list[Decision]:
 
 def record_decision(store: Store, conn: Connection, user: User, scan_id: str, outcome: str | Outcome, *,
                     category: str | None = None, note: str | None = None) -> Decision:
-    """Record ``user``'s decision on a scan inside ``conn``, with its audit entry.
+    """Record ``user``'s decision on a scan inside ``conn``, with its audit entry and operator TDR.
+
+    When the scan has a result, the decision's operator TDR (DICOS, type
+    OPERATOR) is built from the scan's machine TDR, put in the blob store,
+    and its sha256 saved in ``operator_tdr_sha256`` with the decision; a
+    reversal's TDR refers to the TDR of the decision it supersedes. A scan
+    with no result yet (queued, running or failed) has no machine TDR to
+    refer to, so a decision on it has no operator TDR (None).
+
+    Returns
+    -------
+    Decision
+        The decision as stored.
 
     Raises
     ------
@@ -72,6 +91,10 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
         No such scan (404); not allowed to decide or to reverse (403); a
         threat without a category, a category without a threat, or a note
         too long (422).
+    ValueError
+        The stored machine TDR (or the superseded operator TDR) is not one.
+    OSError
+        Its blob cannot be read, or the operator TDR's cannot be written.
     """
     if not user.can(Permission.DECIDE):
         raise DecisionError(f"role {user.role} cannot record decisions", 403)
@@ -94,8 +117,32 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
         raise DecisionError("this scan already has a decision; only a supervisor can reverse it", 403)
     values = {"scan_id": scan_id, "decided_at": utc_now(), "username": user.username, "outcome": outcome.value,
               "category": category, "note": note or None, "supersedes": last}
+    values["operator_tdr_sha256"] = _store_operator_tdr(store, conn, values)
     new_id = conn.execute(decisions.insert().values(**values)).inserted_primary_key[0]
     conn.execute(scans.update().where(scans.c.scan_id == scan_id).values(revision=store.next_revision(conn)))
     audit.append(store, conn, username=user.username, action="reverse_decision" if last else "decide",
                  target=scan_id, detail={k: v for k, v in values.items() if k != "scan_id"})
     return Decision(id=new_id, **values)
+
+
+def _store_operator_tdr(store: Store, conn: Connection, decision: dict[str, Any]) -> str | None:
+    """Build and store the operator TDR of a decision about to be recorded; its sha256, or None without a result.
+
+    The blob is written before the transaction commits: if it rolls back,
+    an unreferenced blob is left, which the content-addressed store allows.
+    """
+    machine = conn.execute(sa.select(results.c.tdr_sha256).where(results.c.scan_id == decision["scan_id"])).scalar()
+    if machine is None:
+        return None
+    earlier = None
+    if decision["supersedes"] is not None:
+        earlier = conn.execute(sa.select(decisions.c.operator_tdr_sha256)
+                               .where(decisions.c.id == decision["supersedes"])).scalar()
+    report = operator_tdr(
+        read_tdr(store.blobs.get(machine)), outcome=decision["outcome"], operator=decision["username"],
+        # The store keeps UTC; DICOM times are local, as the machine TDR's
+        # are, and the DT values carry the offset.
+        decided=datetime.fromisoformat(decision["decided_at"]).astimezone(),
+        category=decision["category"], note=decision["note"],
+        supersedes=read_tdr(store.blobs.get(earlier)) if earlier else None)
+    return store.blobs.put(tdr_bytes(report))

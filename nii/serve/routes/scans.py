@@ -244,3 +244,17 @@ def post_decision(scan_id: str, body: DecisionIn, service: ServiceDep, user: Cur
     service.counters[f"officer_{decision.outcome}"] += 1
     service.notify_change()
     return decision.to_dict()
+
+
+@router.get("/{scan_id}/decisions/{decision_id}/tdr.dcm", responses={200: {"content": {"application/dicom": {}}}})
+def decision_tdr(scan_id: str, decision_id: int, service: ServiceDep, user: Viewer) -> Response:
+    """The officer's TDR of one decision (DICOS, type OPERATOR). Recorded as a download."""
+    with service.store.transaction() as conn:
+        digest = conn.execute(sa.select(decisions.c.operator_tdr_sha256).where(
+            decisions.c.id == decision_id, decisions.c.scan_id == scan_id)).scalar()
+        if digest is not None:
+            audit.append(service.store, conn, username=user.username, action="download", target=scan_id,
+                         detail={"file": "tdr.dcm", "decision": decision_id})
+    if digest is None:  # no such decision on this scan, or one made before the scan had a result
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"decision {decision_id} on scan {scan_id[:80]} has no TDR")
+    return Response(service.store.blobs.get(digest), media_type="application/dicom")
