@@ -15,7 +15,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import nii
-from nii.serve.routes import cases, scans, session, system
+from nii.serve.routes import cases, report, scans, session, system
 from nii.serve.service import Service
 
 __all__ = ["VIEWER", "create_app"]
@@ -74,6 +74,7 @@ def create_app(service: Service) -> FastAPI:
     app.include_router(session.router)
     app.include_router(scans.router)
     app.include_router(cases.router)
+    app.include_router(report.router)
     app.include_router(system.router)
     app.mount("/static", StaticFiles(directory=VIEWER), name="static")
 

@@ -10,9 +10,11 @@ Roles and what they may do (:data:`ROLE_PERMISSIONS`):
 ================  ==========================================================
 operator          view scans, submit scans, record a decision on a scan
 supervisor        all an operator may, reverse a decision, read the audit log
+                  and the operational reports
 model_developer   view scans and results, change alarm thresholds
-admin             manage users, change thresholds, read the audit log, view and
-                  submit scans; not decide (decisions are officers' work)
+admin             manage users, change thresholds, read the audit log and the
+                  reports, view and submit scans; not decide (decisions are
+                  officers' work)
 ================  ==========================================================
 """
 
@@ -41,6 +43,7 @@ class Permission(str, Enum):
     DECIDE = "decide"
     REVERSE_DECISION = "reverse_decision"
     READ_AUDIT = "read_audit"
+    READ_REPORTS = "read_reports"
     CHANGE_THRESHOLDS = "change_thresholds"
     MANAGE_USERS = "manage_users"
 
@@ -48,7 +51,7 @@ class Permission(str, Enum):
 ROLE_PERMISSIONS: dict[str, frozenset[Permission]] = {
     "operator": frozenset({Permission.VIEW, Permission.SUBMIT, Permission.DECIDE}),
     "supervisor": frozenset({Permission.VIEW, Permission.SUBMIT, Permission.DECIDE, Permission.REVERSE_DECISION,
-                             Permission.READ_AUDIT}),
+                             Permission.READ_AUDIT, Permission.READ_REPORTS}),
     "model_developer": frozenset({Permission.VIEW, Permission.CHANGE_THRESHOLDS}),
     # Decisions are officers' work: an administrator runs the site, but only a
     # supervisor may overturn what an officer decided.

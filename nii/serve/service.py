@@ -33,6 +33,7 @@ from nii.ingest import read_source
 from nii.pipeline import AnalysisError, Pipeline, PipelineConfig, load_pipeline_config
 from nii.serve import audit
 from nii.serve.intake import Accepted, IntakeLimits, Upload, accept_scan, materialise
+from nii.serve.report import ReportingConfig, reporting_config
 from nii.serve.store import Store, results, scans, settings, utc_now
 
 __all__ = ["DEFAULT_SERVICE_CONFIG", "Service", "ServiceConfig", "TdrDestination", "load_service_config"]
@@ -68,6 +69,7 @@ class ServiceConfig:
     workers: int = 2
     pipeline: Path | None = None
     max_attempts: int = 3
+    reporting: ReportingConfig = ReportingConfig()  # [reporting]: time zone and shifts (nii.serve.report)
 
 
 def load_service_config(path: str | os.PathLike | None = None) -> ServiceConfig:
@@ -83,7 +85,7 @@ def load_service_config(path: str | os.PathLike | None = None) -> ServiceConfig:
     here = path.resolve().parent
     try:
         http, dicom, hot, processing = (dict(raw.get(k, {})) for k in ("http", "dicom", "hot_folder", "processing"))
-        unknown = sorted(set(raw) - {"http", "dicom", "hot_folder", "processing"})
+        unknown = sorted(set(raw) - {"http", "dicom", "hot_folder", "processing", "reporting"})
         if unknown:
             raise ValueError(f"unknown sections {', '.join(unknown)}")
         destination = dict(dicom.get("tdr_destination", {}))
@@ -102,6 +104,7 @@ def load_service_config(path: str | os.PathLike | None = None) -> ServiceConfig:
             workers=int(processing.get("workers", 2)),
             pipeline=here / str(processing.get("pipeline", "pipeline.toml")),
             max_attempts=int(processing.get("max_attempts", 3)),
+            reporting=reporting_config(raw.get("reporting")),
         )
     except (TypeError, ValueError, KeyError) as err:
         raise ValueError(f"{path}: {' '.join(str(err).split())}") from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -12,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from nii.serve import audit
 from nii.serve.auth import Permission
 from nii.serve.deps import ServiceDep, allowed
+from nii.serve.report import LiveCounts, live_counts
 from nii.serve.service import Service
 from nii.serve.store import scans
 
@@ -47,8 +49,35 @@ class _ServiceCollector:
         with self.service.store.read() as conn:
             for state, count in conn.execute(sa.select(scans.c.status, sa.func.count()).group_by(scans.c.status)):
                 queue.add_metric([state], count)
+            live = live_counts(conn)
         yield queue
+        yield from _live_families(live)
         yield GaugeMetricFamily("nii_workers", "Analysis workers running", value=self.service.workers_alive)
+
+
+def _live_families(live: LiveCounts) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+    # From the store, not this process: the same totals from every replica and after a restart.
+    decided = CounterMetricFamily("nii_officer_decisions", "Officer decisions recorded, reversals included",
+                                  labels=["outcome"])
+    for outcome, count in sorted(live.officer_decisions.items()):
+        decided.add_metric([outcome], count)
+    yield decided
+    yield CounterMetricFamily("nii_decision_reversals", "Decisions a supervisor reversed", value=live.reversals)
+    verdicts = CounterMetricFamily("nii_machine_verdicts", "Analysed scans by the machine's verdict",
+                                   labels=["verdict"])
+    for verdict, count in sorted(live.machine_verdicts.items()):
+        verdicts.add_metric([verdict], count)
+    yield verdicts
+    yield GaugeMetricFamily("nii_alarms_awaiting_officer", "ALARM scans no officer has decided yet",
+                            value=live.alarms_awaiting_officer)
+    case_states = GaugeMetricFamily("nii_cases", "Cases by status", labels=["status"])
+    for state, count in sorted(live.cases.items()):
+        case_states.add_metric([state], count)
+    yield case_states
+    seized = GaugeMetricFamily("nii_seizures", "Cases marked seized, by threat category", labels=["category"])
+    for category, count in sorted(live.seizures.items()):
+        seized.add_metric([category], count)
+    yield seized
 
 
 def metrics_registry(service: Service) -> CollectorRegistry:
