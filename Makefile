@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test samples bench bench-calibrate bench-detect bench-serve clean
+.PHONY: run test samples bench bench-calibrate bench-detect bench-serve bench-batch clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "nii needs Python 3.11+; found " + sys.version.split()[0])'
@@ -43,6 +43,10 @@ bench-detect: $(STAMP)
 # The service under 20 lanes of baggage uploads for 60 s, capacity, and kill -9 mid-load.
 bench-serve: $(STAMP)
 	$(BIN)/python benchmarks/bench_serve.py
+
+# Batch re-analysis: local and ray engines against the single-scan pipeline rate.
+bench-batch: $(STAMP)
+	$(BIN)/python benchmarks/bench_batch.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -1,0 +1,175 @@
+"""Batch re-analysis throughput: the local engine against the single-scan pipeline, and Ray against local.
+
+Targets (issue #9), on this machine:
+
+- the local engine with W workers analyses at least 90 % of the single-scan
+  pipeline's rate (what ``nii bench baggage`` measures) times W;
+- the ray engine's overhead against the local engine is at most 20 %.
+
+Method, in one run, side by side:
+
+1. **Archive.** ``--distinct`` simulated dual-energy bags of the benchmark's
+   standard size (1024 x 768, ``nii bench baggage``), written as NPZ files
+   and copied up to ``--scans`` files, each copy with its own scan id.
+2. **Single-scan rate.** ``nii bench``'s baggage workload in a fresh
+   process, as ``nii bench baggage`` runs it (torch on every core), and
+   again with torch on one worker's share of the cores.
+3. **Batch rate.** ``nii batch run`` (the library call, manifest commits
+   and all) over the archive with each engine, ``--repeats`` times,
+   interleaved. Each scan's record is timestamped as it comes back; the
+   steady rate is the slope through them, leaving out the first two per
+   worker, so that starting the workers and loading the models (once per
+   run, however long the archive) is reported apart: a months-long
+   archive sees the steady rate.
+4. **Figures.** Medians, and each target met or not.
+
+Run: ``.venv/bin/python benchmarks/bench_batch.py`` (the ray rows need
+``pip install 'ray[data]'``; they are left out without it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import multiprocessing
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from nii.batch import run_batch
+from nii.batch.engines import available_cores
+from nii.ingest import write_scan
+
+
+def single_scan_rate(repeats: int, threads: int | None) -> dict[str, Any]:
+    """``nii bench baggage`` in this (fresh) process, torch limited to ``threads`` when given."""
+    from nii.bench import _run_workload  # the very measurement `nii bench baggage` prints
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    return _run_workload("baggage", repeats, None)
+
+
+def in_fresh_process(function: Any, *args: Any) -> Any:
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(function, *args).result()
+
+
+def write_archive(folder: Path, *, scans: int, distinct: int) -> Path:
+    """A folder of ``scans`` baggage NPZ files, ``distinct`` different bags among them."""
+    from nii.bench import _workload_scans
+
+    bags = _workload_scans("baggage", folder, distinct)
+    archive = folder / "archive"
+    archive.mkdir()
+    for i in range(scans):
+        write_scan(bags[i % distinct].replace(scan_id=f"bench-batch-{i:05d}"), archive / f"bag-{i:05d}.npz")
+    return archive
+
+
+class _Timestamped:
+    """An engine whose records are timestamped as they come back."""
+
+    def __init__(self, engine: Any, arrivals: list[float]) -> None:
+        self.engine, self.arrivals = engine, arrivals
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.engine, name)
+
+    def records(self, todo: Any) -> Any:
+        for record in self.engine.records(todo):
+            self.arrivals.append(time.perf_counter())
+            yield record
+
+
+def timed_run(archive: Path, engine: str, workers: int, results: Path) -> dict[str, float]:
+    """One ``run_batch``: wall time, start-up (to the first record) and the steady rate."""
+    import nii.batch.run
+
+    arrivals: list[float] = []
+    make_engine = nii.batch.run.make_engine
+    nii.batch.run.make_engine = lambda *a, **k: _Timestamped(make_engine(*a, **k), arrivals)
+    shutil.rmtree(results, ignore_errors=True)
+    try:
+        started = time.perf_counter()
+        summary = run_batch([archive], results, engine=engine, workers=workers, progress=False)
+        wall = time.perf_counter() - started
+    finally:
+        nii.batch.run.make_engine = make_engine
+    if summary.errors:
+        raise RuntimeError(f"{engine}: {summary.errors} scans failed: {summary.reasons}")
+    # Records come back in bursts (a Ray batch at a time): the rate is the
+    # slope of a line through all arrivals but the first two per worker.
+    skip = 2 * workers
+    slope = np.polyfit(np.arange(skip, len(arrivals)), np.asarray(arrivals[skip:]), 1)[0]
+    return {"wall_s": wall, "start_s": arrivals[0] - started, "rate": 1.0 / slope}
+
+
+def main(args: argparse.Namespace) -> None:
+    cores = available_cores()
+    workers = args.workers or cores
+    engines = ["local"]
+    try:
+        import ray.data  # noqa: F401
+
+        engines.append("ray")
+    except ImportError:
+        print("ray is not installed: the ray rows are left out")
+    if args.scans < 4 * workers:
+        raise SystemExit(f"--scans must be at least {4 * workers} for a steady rate with {workers} workers")
+    with tempfile.TemporaryDirectory(prefix="bench-batch-") as tmp:
+        folder = Path(tmp)
+        archive = write_archive(folder, scans=args.scans, distinct=args.distinct)
+        print(f"archive: {args.scans} baggage scans 1024x768 (NPZ, {args.distinct} distinct); "
+              f"{workers} workers on {cores} cores; medians of {args.repeats} runs")
+
+        single = in_fresh_process(single_scan_rate, args.single_repeats, None)
+        share = max(1, cores // workers)
+        single_share = in_fresh_process(single_scan_rate, args.single_repeats, share)
+
+        runs: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
+        for _ in range(args.repeats):  # interleaved, so a busy moment hurts every engine alike
+            for engine in engines:
+                runs[engine].append(timed_run(archive, engine, workers, folder / "results"))
+    rows = {engine: {key: statistics.median(r[key] for r in done) for key in done[0]}
+            for engine, done in runs.items()}
+
+    print(f"\nsingle-scan pipeline (nii bench baggage), torch on {cores} cores: {single['scans_per_s']:.2f} scans/s "
+          f"(p50 {single['p50_ms']:.0f} ms)")
+    print(f"single-scan pipeline, torch on {share} core(s), one worker's share: {single_share['scans_per_s']:.2f} "
+          f"scans/s (p50 {single_share['p50_ms']:.0f} ms)")
+    print(f"\n{'engine':<7} {'wall s':>7} {'start-up s':>10} {'steady scans/s':>14} {'whole run scans/s':>17}")
+    for engine, row in rows.items():
+        print(f"{engine:<7} {row['wall_s']:>7.1f} {row['start_s']:>10.1f} {row['rate']:>14.2f} "
+              f"{args.scans / row['wall_s']:>17.2f}")
+
+    local = rows["local"]["rate"]
+    print()
+    for label, rate in (("nii bench baggage", single["scans_per_s"]), ("one worker's share", single_share["scans_per_s"])):
+        ratio = local / (rate * workers)
+        print(f"local steady rate vs {label} x {workers} workers: {ratio:.0%} "
+              f"(target >= 90 %: {'met' if ratio >= 0.9 else 'NOT met'})")
+    if "ray" in rows:
+        overhead = local / rows["ray"]["rate"] - 1.0
+        print(f"ray overhead vs local, steady rate: {overhead:+.0%} (target <= 20 %: "
+              f"{'met' if overhead <= 0.2 else 'NOT met'}); start-up {rows['ray']['start_s']:.1f} s "
+              f"vs {rows['local']['start_s']:.1f} s")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scans", type=int, default=60, help="scans in the archive (default %(default)s)")
+    parser.add_argument("--distinct", type=int, default=8, help="distinct simulated bags (default %(default)s)")
+    parser.add_argument("--workers", type=int, help="workers for both engines (default: the cores)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per engine and size (default %(default)s)")
+    parser.add_argument("--single-repeats", type=int, default=20,
+                        help="scans timed for the single-scan rate (default %(default)s, as nii bench)")
+    main(parser.parse_args())
