@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # The blob store's durable rename needs the same folder fsync.
-from nii.serve.store import _fsync_dir
+from nii.serve.store import fsync_dir
 
 __all__ = ["ALERTS_SCHEMA", "MANIFEST", "SCANS_SCHEMA", "TABLES", "DoneSet", "Manifest", "ResultsError", "read_manifest",
            "utc_now"]
@@ -279,7 +279,7 @@ class Manifest:
         alerts = [row for r in records for row in r["alerts"]]
         for table, rows in (("scans", scans), ("alerts", alerts)):
             _write_table_atomically(pa.Table.from_pylist(rows, schema=TABLES[table]), self.part_path(table, part))
-        _fsync_dir(self.folder / PARTS)
+        fsync_dir(self.folder / PARTS)
         self.append({"event": "part", "part": part, "at": utc_now(), "alerts": len(alerts),
                      "scans": [[s["key"], s["scan_id"], s.get("profile_id"), s["error"]] for s in scans]})
         self.last_part = part
@@ -305,7 +305,7 @@ class Manifest:
             with open(tmp, "rb") as written:
                 os.fsync(written.fileno())
             os.replace(tmp, target)
-        _fsync_dir(self.folder)
+        fsync_dir(self.folder)
         self.append({"event": "merged", "part": self.last_part, "scans": self.scans_done, "at": utc_now()})
         self.merged_part = self.last_part
 

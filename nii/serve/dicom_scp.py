@@ -102,7 +102,7 @@ from pynetdicom.sop_class import Verification
 from nii.ingest.dicom import ct_slice_series
 from nii.serve.intake import IntakeError, Upload
 from nii.serve.service import Service
-from nii.serve.store import results
+from nii.serve.store import fsync_dir, results
 
 __all__ = ["REFUSED_FOLDER", "SPOOL_FOLDER", "STORAGE_CLASSES", "send_tdr", "start_dicom_scp", "transfer_syntaxes"]
 
@@ -273,7 +273,7 @@ def _spool_slice(spool: _Spool, assoc: Association, data: bytes, name: str) -> b
             folder = spool.root / key
             folder.mkdir(exist_ok=True)
             os.replace(incoming, folder / name)  # a resent slice replaces itself
-        _fsync_dir(folder)
+        fsync_dir(folder)
         return True
     finally:
         incoming.unlink(missing_ok=True)
@@ -393,15 +393,7 @@ def _write_durably(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(path.parent)
 
 
 # -- sending the TDR back ------------------------------------------------------------------------------------------

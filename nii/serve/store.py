@@ -27,7 +27,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["BlobStore", "MIGRATIONS", "Store", "StoreError", "connect", "utc_now"]
+__all__ = ["BlobStore", "MIGRATIONS", "Store", "StoreError", "connect", "fsync_dir", "utc_now"]
 
 #: Scan lifecycle: accepted and waiting, being analysed, finished with a
 #: result, or refused by the pipeline (``error`` says why).
@@ -328,7 +328,7 @@ class BlobStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
         return digest
 
     def get(self, sha256: str) -> bytes:
@@ -336,7 +336,8 @@ class BlobStore:
         return self.path(sha256).read_bytes()
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or new file in ``folder`` durable (the directory entry itself)."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
