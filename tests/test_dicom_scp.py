@@ -351,6 +351,45 @@ def test_the_machine_tdr_goes_to_the_workstation(tmp_path: Path) -> None:
         workstation.wait(10)
 
 
+@requires_storescp
+def test_the_officers_tdr_follows_the_machine_tdr_to_the_workstation(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from nii.serve.app import create_app
+    from nii.serve.auth import add_user
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    port = free_port()
+    workstation = subprocess.Popen([str(STORESCP), "-pm", "-aet", "WORKSTATION", "-od", str(inbox), str(port)],
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    run = None
+    try:
+        wait_for(lambda: _listening(port), timeout=10)
+        run = running(tmp_path / "data", analyse=True,
+                      tdr_destination=TdrDestination("127.0.0.1", port, "WORKSTATION"))
+        with run.service.store.transaction() as conn:
+            add_user(run.service.store, conn, "op", "operator-pass", "operator")
+        scan_id = run.service.submit([Upload(DX.name, DX.read_bytes())], source="http", username=None).scan_id
+        assert run.service.wait_until_idle(60)
+        wait_for(lambda: len(_received(inbox)) == 1, timeout=20)
+        client = TestClient(create_app(run.service))
+        token = client.post("/api/token", data={"username": "op", "password": "operator-pass"}).json()["access_token"]
+        reply = client.post(f"/api/scans/{scan_id}/decisions", json={"outcome": "threat", "category": "OTHER"},
+                            headers={"Authorization": f"Bearer {token}"})
+        assert reply.status_code == 201
+        wait_for(lambda: len(_received(inbox)) == 2, timeout=20)
+        types = sorted(str(d.TDRType) for d in _received(inbox))
+        assert types == ["MACHINE", "OPERATOR"]
+    finally:
+        if run is not None:
+            run.stop()
+            run.service.stop()
+        workstation.terminate()
+        workstation.wait(10)
+    assert run.service.on_decision == []
+
+
 def test_a_workstation_that_is_down_fails_nothing(tmp_path: Path) -> None:
     run = running(tmp_path / "data", analyse=True,
                   tdr_destination=TdrDestination("127.0.0.1", free_port(), "WORKSTATION"))

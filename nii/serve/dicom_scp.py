@@ -100,6 +100,7 @@ from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification
 
 from nii.ingest.dicom import ct_slice_series
+from nii.serve.decisions import Decision
 from nii.serve.intake import IntakeError, Upload
 from nii.serve.service import Service
 from nii.serve.store import fsync_dir, results
@@ -200,13 +201,18 @@ def start_dicom_scp(service: Service, *, port: int, host: str = "127.0.0.1") -> 
     """
     config = service.config
     listener: Callable[[str], None] | None = None
+    decided: Callable[[Decision], None] | None = None
     if config.tdr_destination is not None:
         def send_back(scan_id: str) -> None:
             send_tdr(service, scan_id)
 
+        def send_officers(decision: Decision) -> None:
+            send_operator_tdr(service, decision)
+
         # Before the spool is submitted, so those scans' TDRs go out too.
-        listener = send_back
+        listener, decided = send_back, send_officers
         service.on_result.append(listener)
+        service.on_decision.append(decided)
     try:
         spool = _open_spool(service)
         ae = AE(ae_title=config.dicom_ae_title)
@@ -223,13 +229,11 @@ def start_dicom_scp(service: Service, *, port: int, host: str = "127.0.0.1") -> 
         ]
         server = ae.start_server((host, port), block=False, evt_handlers=handlers)
     except BaseException:
-        if listener is not None:
-            service.on_result.remove(listener)
+        _unhook(service, listener, decided)
         raise
 
     def stop() -> None:
-        if listener is not None and listener in service.on_result:
-            service.on_result.remove(listener)
+        _unhook(service, listener, decided)
         server.shutdown()
 
     return stop
@@ -396,6 +400,14 @@ def _write_durably(path: Path, data: bytes) -> None:
     fsync_dir(path.parent)
 
 
+def _unhook(service: Service, listener: Callable[[str], None] | None,
+            decided: Callable[[Decision], None] | None) -> None:
+    if listener in service.on_result:
+        service.on_result.remove(listener)
+    if decided in service.on_decision:
+        service.on_decision.remove(decided)
+
+
 # -- sending the TDR back ------------------------------------------------------------------------------------------
 
 
@@ -415,17 +427,30 @@ def send_tdr(service: Service, scan_id: str) -> bool:
         with the reason logged, when there is no destination, no result, or
         the send failed. Never raises.
     """
+    with service.store.read() as conn:
+        sha = conn.execute(sa.select(results.c.tdr_sha256).where(results.c.scan_id == scan_id)).scalar()
+    if sha is None:
+        log.warning("TDR of %s not sent: the scan has no result", scan_id)
+        return False
+    return send_stored_tdr(service, sha, f"machine TDR of {scan_id}")
+
+
+def send_operator_tdr(service: Service, decision: Decision) -> bool:
+    """Send the officer's TDR of ``decision`` (if it has one) to the same workstation; never raises."""
+    if decision.operator_tdr_sha256 is None:
+        return False
+    return send_stored_tdr(service, decision.operator_tdr_sha256,
+                           f"operator TDR of decision {decision.id} on {decision.scan_id}")
+
+
+def send_stored_tdr(service: Service, sha256: str, what: str) -> bool:
+    """C-STORE one stored TDR blob to ``service.config.tdr_destination``; False (logged) on any failure."""
     destination = service.config.tdr_destination
     if destination is None:
         return False
     where = f"{destination.ae_title} at {destination.host}:{destination.port}"
     try:
-        with service.store.transaction() as conn:
-            sha = conn.execute(sa.select(results.c.tdr_sha256).where(results.c.scan_id == scan_id)).scalar()
-        if sha is None:
-            log.warning("TDR of %s not sent to %s: the scan has no result", scan_id, where)
-            return False
-        tdr = pydicom.dcmread(io.BytesIO(service.store.blobs.get(sha)))
+        tdr = pydicom.dcmread(io.BytesIO(service.store.blobs.get(sha256)))
         ae = AE(ae_title=service.config.dicom_ae_title)
         ae.connection_timeout = ae.acse_timeout = ae.network_timeout = _SCU_TIMEOUT_S
         ae.dimse_timeout = 3 * _SCU_TIMEOUT_S
@@ -433,7 +458,7 @@ def send_tdr(service: Service, scan_id: str) -> bool:
                                  [dcmuid.ExplicitVRLittleEndian, dcmuid.ImplicitVRLittleEndian])
         assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
         if not assoc.is_established:
-            log.warning("TDR of %s not sent: no association with %s", scan_id, where)
+            log.warning("%s not sent: no association with %s", what, where)
             return False
         try:
             status = assoc.send_c_store(tdr)
@@ -441,11 +466,11 @@ def send_tdr(service: Service, scan_id: str) -> bool:
             assoc.release()
         code = status.get("Status") if status else None
         if code is None or not (code == 0x0000 or 0xB000 <= code <= 0xBFFF):
-            log.warning("TDR of %s not accepted by %s: status %s", scan_id, where,
+            log.warning("%s not accepted by %s: status %s", what, where,
                         "none (timed out)" if code is None else f"0x{code:04X}")
             return False
-        log.info("TDR of %s sent to %s", scan_id, where)
+        log.info("%s sent to %s", what, where)
         return True
-    except Exception:  # a workstation that is down must never fail an analysis
-        log.exception("TDR of %s not sent to %s", scan_id, where)
+    except Exception:  # a workstation that is down must never fail an analysis or a decision
+        log.exception("%s not sent to %s", what, where)
         return False

@@ -134,6 +134,8 @@ class Service:
         self.scratch = Path(tempfile.gettempdir())
         #: Called with the scan id after each result is stored (TDR send-back...).
         self.on_result: list[Callable[[str], None]] = []
+        #: Called with each officer's decision once committed (operator TDR send-back...).
+        self.on_decision: list[Callable[[Any], None]] = []
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -262,6 +264,18 @@ class Service:
                 listener(scan_id)
             except Exception:  # a workstation that is down must not fail the analysis
                 log.exception("result listener failed for %s", scan_id)
+
+    def announce_decision(self, decision: Any) -> None:
+        """Hand a committed decision to the ``on_decision`` listeners, off the officer's request."""
+        def run() -> None:
+            for listener in list(self.on_decision):
+                try:
+                    listener(decision)
+                except Exception:  # a workstation that is down must not fail the decision
+                    log.exception("decision listener failed for decision %s", getattr(decision, "id", "?"))
+
+        if self.on_decision:
+            threading.Thread(target=run, name="nii-decision-listeners", daemon=True).start()
 
     def _fail(self, scan_id: str, reason: str) -> None:
         with self.store.transaction() as conn:

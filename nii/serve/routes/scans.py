@@ -243,6 +243,7 @@ def post_decision(scan_id: str, body: DecisionIn, service: ServiceDep, user: Cur
         raise HTTPException(err.status, str(err)) from None
     service.counters[f"officer_{decision.outcome}"] += 1
     service.notify_change()
+    service.announce_decision(decision)
     return decision.to_dict()
 
 
