@@ -8,6 +8,7 @@ stay queued and only what was stored is checked.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -323,41 +324,9 @@ def test_a_released_series_the_service_did_not_submit_is_submitted_at_start(rece
 # -- the TDR back to a workstation ----------------------------------------------------------------------------------
 
 
-@requires_storescp
-def test_the_machine_tdr_goes_to_the_workstation(tmp_path: Path) -> None:
-    inbox = tmp_path / "workstation"
-    inbox.mkdir()
-    port = free_port()
-    workstation = subprocess.Popen([str(STORESCP), "-pm", "-aet", "WORKSTATION", "-od", str(inbox), str(port)],
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    run = None
-    try:
-        wait_for(lambda: _listening(port), timeout=10)
-        run = running(tmp_path / "data", analyse=True,
-                      tdr_destination=TdrDestination("127.0.0.1", port, "WORKSTATION"))
-        accepted = run.service.submit([Upload(DX.name, DX.read_bytes())], source="http", username=None)
-        assert run.service.wait_until_idle(60)
-        wait_for(lambda: _received(inbox), timeout=20)
-        [tdr] = _received(inbox)
-        assert tdr.SOPClassUID == dcmuid.DICOSThreatDetectionReportStorage
-        with run.service.store.transaction() as conn:
-            sha = conn.execute(sa.select(results.c.tdr_sha256).where(results.c.scan_id == accepted.scan_id)).scalar()
-        assert tdr.SOPInstanceUID == pydicom.dcmread(run.service.store.blobs.path(sha)).SOPInstanceUID
-    finally:
-        if run is not None:
-            run.stop()
-            run.service.stop()
-        workstation.terminate()
-        workstation.wait(10)
-
-
-@requires_storescp
-def test_the_officers_tdr_follows_the_machine_tdr_to_the_workstation(tmp_path: Path) -> None:
-    from fastapi.testclient import TestClient
-
-    from nii.serve.app import create_app
-    from nii.serve.auth import add_user
-
+@contextlib.contextmanager
+def workstation_and_service(tmp_path: Path) -> Iterator[tuple[Path, Running]]:
+    """DCMTK's storescp as the DICOS workstation, and an analysing service that sends it TDRs."""
     inbox = tmp_path / "inbox"
     inbox.mkdir()
     port = free_port()
@@ -368,6 +337,36 @@ def test_the_officers_tdr_follows_the_machine_tdr_to_the_workstation(tmp_path: P
         wait_for(lambda: _listening(port), timeout=10)
         run = running(tmp_path / "data", analyse=True,
                       tdr_destination=TdrDestination("127.0.0.1", port, "WORKSTATION"))
+        yield inbox, run
+    finally:
+        if run is not None:
+            run.stop()
+            run.service.stop()
+        workstation.terminate()
+        workstation.wait(10)
+
+
+@requires_storescp
+def test_the_machine_tdr_goes_to_the_workstation(tmp_path: Path) -> None:
+    with workstation_and_service(tmp_path) as (inbox, run):
+        accepted = run.service.submit([Upload(DX.name, DX.read_bytes())], source="http", username=None)
+        assert run.service.wait_until_idle(60)
+        wait_for(lambda: _received(inbox), timeout=20)
+        [tdr] = _received(inbox)
+        assert tdr.SOPClassUID == dcmuid.DICOSThreatDetectionReportStorage
+        with run.service.store.transaction() as conn:
+            sha = conn.execute(sa.select(results.c.tdr_sha256).where(results.c.scan_id == accepted.scan_id)).scalar()
+        assert tdr.SOPInstanceUID == pydicom.dcmread(run.service.store.blobs.path(sha)).SOPInstanceUID
+
+
+@requires_storescp
+def test_the_officers_tdr_follows_the_machine_tdr_to_the_workstation(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from nii.serve.app import create_app
+    from nii.serve.auth import add_user
+
+    with workstation_and_service(tmp_path) as (inbox, run):
         with run.service.store.transaction() as conn:
             add_user(run.service.store, conn, "op", "operator-pass", "operator")
         scan_id = run.service.submit([Upload(DX.name, DX.read_bytes())], source="http", username=None).scan_id
@@ -379,14 +378,7 @@ def test_the_officers_tdr_follows_the_machine_tdr_to_the_workstation(tmp_path: P
                             headers={"Authorization": f"Bearer {token}"})
         assert reply.status_code == 201
         wait_for(lambda: len(_received(inbox)) == 2, timeout=20)
-        types = sorted(str(d.TDRType) for d in _received(inbox))
-        assert types == ["MACHINE", "OPERATOR"]
-    finally:
-        if run is not None:
-            run.stop()
-            run.service.stop()
-        workstation.terminate()
-        workstation.wait(10)
+        assert sorted(str(d.TDRType) for d in _received(inbox)) == ["MACHINE", "OPERATOR"]
     assert run.service.on_decision == []
 
 

@@ -87,6 +87,8 @@ _PROJECTION_CLASSES = frozenset(
         dcmuid.MultiFrameTrueColorSecondaryCaptureImageStorage,
     }
 )
+#: Every SOP class :func:`read_dicom` reads, CT first (what the C-STORE SCP accepts).
+READABLE_SOP_CLASSES: tuple[str, ...] = tuple(sorted(_CT_CLASSES)) + tuple(sorted(_PROJECTION_CLASSES))
 _SUPPORTED = "nii reads DICOS CT/DX and DICOM CT, DX, CR, secondary capture"
 
 _MONOCHROME = ("MONOCHROME1", "MONOCHROME2")

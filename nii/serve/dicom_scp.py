@@ -99,7 +99,7 @@ from pynetdicom.events import Event
 from pynetdicom.service_class import StorageServiceClass
 from pynetdicom.sop_class import Verification
 
-from nii.ingest.dicom import ct_slice_series
+from nii.ingest.dicom import READABLE_SOP_CLASSES, ct_slice_series
 from nii.serve.decisions import Decision
 from nii.serve.intake import IntakeError, Upload
 from nii.serve.service import Service
@@ -113,23 +113,8 @@ log = logging.getLogger("nii.serve.dicom")
 SPOOL_FOLDER = "dicom-spool"
 REFUSED_FOLDER = "dicom-refused"
 
-#: What the SCP accepts: the SOP classes nii.ingest.dicom reads (see its table).
-STORAGE_CLASSES: tuple[UID, ...] = (
-    dcmuid.DICOSCTImageStorage,
-    dcmuid.DICOSDigitalXRayImageStorageForPresentation,
-    dcmuid.DICOSDigitalXRayImageStorageForProcessing,
-    dcmuid.CTImageStorage,
-    dcmuid.EnhancedCTImageStorage,
-    dcmuid.LegacyConvertedEnhancedCTImageStorage,
-    dcmuid.DigitalXRayImageStorageForPresentation,
-    dcmuid.DigitalXRayImageStorageForProcessing,
-    dcmuid.ComputedRadiographyImageStorage,
-    dcmuid.SecondaryCaptureImageStorage,
-    dcmuid.MultiFrameSingleBitSecondaryCaptureImageStorage,
-    dcmuid.MultiFrameGrayscaleByteSecondaryCaptureImageStorage,
-    dcmuid.MultiFrameGrayscaleWordSecondaryCaptureImageStorage,
-    dcmuid.MultiFrameTrueColorSecondaryCaptureImageStorage,
-)
+#: What the SCP accepts: exactly the SOP classes nii.ingest.dicom reads.
+STORAGE_CLASSES: tuple[UID, ...] = tuple(UID(c) for c in READABLE_SOP_CLASSES)
 # pynetdicom knows no service class for the DICOS SOP classes: without this
 # it accepts their presentation contexts, then aborts the association at the
 # first C-STORE ("no supported service class"). Registering is idempotent.
