@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import tempfile
 import threading
 import time
@@ -33,13 +32,7 @@ from pathlib import Path
 
 import httpx
 
-from nii.serve.loadtest import add_user, run_load, start_server, stop_server, token_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nii.serve.loadtest import add_user, free_port, run_load, start_server, stop_server, token_for
 
 
 def serve_and_load(folder: Path, *, lanes: int, seconds: float, interval_s: float, workers: int,

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import threading
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -10,6 +14,7 @@ import sqlalchemy as sa
 
 from nii.serve.auth import add_user
 from nii.serve.intake import Upload
+from nii.serve.loadtest import free_port
 from nii.serve.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -48,3 +53,25 @@ def sample_uploads(stem: str) -> list[Upload]:
         return [Upload(sidecar.name, sidecar.read_bytes()), Upload(f"{stem}.raw", (SAMPLES / f"{stem}.raw").read_bytes())]
     path = next(SAMPLES.glob(f"{stem}.*"))
     return [Upload(path.name, path.read_bytes())]
+
+
+@contextlib.contextmanager
+def serving(service) -> Iterator[str]:
+    """The service's web app on a free loopback port, in a thread; yields its base URL."""
+    import uvicorn
+
+    from nii.serve.app import create_app
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert server.started, "uvicorn did not start"
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(10)

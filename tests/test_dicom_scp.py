@@ -31,6 +31,7 @@ from nii.ingest.dicom import write_dicom_series
 from nii.scan import ScanKind
 from nii.serve.dicom_scp import REFUSED_FOLDER, SPOOL_FOLDER, start_dicom_scp
 from nii.serve.intake import Upload
+from nii.serve.loadtest import free_port
 from nii.serve.service import Service, ServiceConfig, TdrDestination
 from nii.serve.store import Store, results, scan_files, scans
 from tests.conftest import REPO, make_scan
@@ -57,12 +58,6 @@ requires_storescu = pytest.mark.skipif(STORESCU is None,
                                        reason="DCMTK storescu is not installed (Debian: apt-get install dcmtk)")
 requires_storescp = pytest.mark.skipif(STORESCP is None,
                                        reason="DCMTK storescp is not installed (Debian: apt-get install dcmtk)")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def storescu(port: int, *files: Path, options: Sequence[str] = ()) -> subprocess.CompletedProcess:

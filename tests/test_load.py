@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 import time
 
 import httpx
-import pytest
 
-from nii.serve.loadtest import add_user, run_load, start_server, stop_server, token_for
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from nii.serve.loadtest import add_user, free_port, run_load, start_server, stop_server, token_for
 
 
 def _all_scans(base_url: str, token: str) -> list[dict]:
@@ -25,7 +17,7 @@ def _all_scans(base_url: str, token: str) -> list[dict]:
 
 
 def test_kill_9_mid_load_then_restart_loses_nothing(tmp_path):
-    data, port = tmp_path / "data", _free_port()
+    data, port = tmp_path / "data", free_port()
     url = f"http://127.0.0.1:{port}"
     add_user(data, "lane", "lane-password")
     server = start_server(data, port=port, workers=2, log=tmp_path / "server.log")

@@ -22,9 +22,6 @@ import csv
 import io
 import json
 import random
-import socket
-import threading
-import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -39,7 +36,7 @@ from nii.cli import main
 from nii.serve.report import (TABLES, ReportingConfig, build_report, live_counts, parse_period, report_csv,
                               report_table, report_text, reporting_config)
 from nii.serve.store import Store, case_scans, cases, decisions, scans
-from tests.serve_support import BACKENDS, PASSWORDS, add_users, open_store
+from tests.serve_support import BACKENDS, PASSWORDS, add_users, open_store, serving
 
 ZONE_NAME = "Europe/Amsterdam"  # UTC+1 in January: local midnight is 23:00 UTC the day before
 ZONE = ZoneInfo(ZONE_NAME)
@@ -626,39 +623,17 @@ PLOT_H = 230 - 18 - 44  # report.js: chart height less its top and bottom paddin
 ACCENT_RGB = np.array([0x5A, 0xA9, 0xFF])  # --accent in style.css: the scans bars
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def web(hand_service):
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
     sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-    import uvicorn
-
-    from nii.serve.app import create_app
-
-    port = _free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(hand_service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert server.started, "uvicorn did not start"
-    try:
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
-            try:
-                yield f"http://127.0.0.1:{port}", browser, sync_api.expect
-            finally:
-                browser.close()
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serving(hand_service) as base_url, sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
+        try:
+            yield base_url, browser, sync_api.expect
+        finally:
+            browser.close()
 
 
 def open_report(web, user: str, query: str):

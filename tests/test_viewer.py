@@ -11,9 +11,6 @@ on screen, and that decisions made from the keyboard reach the database.
 from __future__ import annotations
 
 import json
-import socket
-import threading
-import time
 from pathlib import Path
 
 import cv2
@@ -23,6 +20,8 @@ import sqlalchemy as sa
 
 pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 from playwright.sync_api import expect, sync_playwright  # noqa: E402
+
+from tests.serve_support import serving  # noqa: E402
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
@@ -53,17 +52,8 @@ class Server:
             return decisions_of(conn, scan_id)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import uvicorn
-
-    from nii.serve.app import create_app
     from nii.serve.auth import add_user
     from nii.serve.run import submit_folder
     from nii.serve.service import Service, ServiceConfig
@@ -91,19 +81,10 @@ def server(tmp_path_factory):
     assert xray_result["alerts"] and all(a["severity"] == "advisory" for a in xray_result["alerts"])
     assert any(a["severity"] == "alarm" for a in ct_result["alerts"])
 
-    port = _free_port()
-    web = uvicorn.Server(uvicorn.Config(create_app(service), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=web.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not web.started and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert web.started, "uvicorn did not start"
     try:
-        yield Server(f"http://127.0.0.1:{port}", service, store, xray.scan_id, ct.scan_id)
+        with serving(service) as base_url:
+            yield Server(base_url, service, store, xray.scan_id, ct.scan_id)
     finally:
-        web.should_exit = True
-        thread.join(10)
         service.stop()
 
 

@@ -18,6 +18,7 @@ import dataclasses
 import json
 import os
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -28,7 +29,7 @@ from pathlib import Path
 
 import httpx
 
-__all__ = ["LoadReport", "add_user", "baggage_submissions", "run_load", "start_server", "stop_server"]
+__all__ = ["LoadReport", "add_user", "baggage_submissions", "free_port", "run_load", "start_server", "stop_server"]
 
 SAMPLES = Path(__file__).resolve().parents[2] / "sample_scans"
 _BAGS = ("bag-clear", "bag-threat")
@@ -163,6 +164,13 @@ def run_load(base_url: str, token: str, *, lanes: int = 20, seconds: float = 60.
         report.results = len(done)
         report.latencies_s = [finished[s] - started[s] for s in done]
     return report
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def add_user(data_dir: Path, name: str, password: str, role: str = "operator") -> None:

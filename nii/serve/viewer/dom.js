@@ -50,3 +50,18 @@ export function shortId(id) {
 
 /** Words for the operator: "high_penetration" -> "high penetration". */
 export const words = (name) => String(name ?? "").replaceAll("_", " ");
+
+/**
+ * The page's error banner (#banner, #banner-text, #banner-close): returns
+ * showError(message), which shows the message for ten seconds.
+ */
+export function errorBanner() {
+  let timer = null;
+  $("#banner-close").addEventListener("click", () => ($("#banner").hidden = true));
+  return (message) => {
+    $("#banner-text").textContent = message;
+    $("#banner").hidden = false;
+    clearTimeout(timer);
+    timer = setTimeout(() => ($("#banner").hidden = true), 10000);
+  };
+}

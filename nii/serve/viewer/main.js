@@ -5,7 +5,7 @@ import { api, whenUnauthorized } from "./api.js";
 import { CasePanel } from "./cases.js";
 import { DecisionPanel } from "./decisions.js";
 import { showAlerts, showFacts } from "./details.js";
-import { $, $$ } from "./dom.js";
+import { $, $$, errorBanner } from "./dom.js";
 import { bindShortcuts, shortcutHint, shortcuts } from "./keys.js";
 import { Queue, followScans } from "./queue.js";
 import { TOOLS, Viewer } from "./viewer.js";
@@ -16,14 +16,7 @@ const REPORT_ROLES = ["supervisor", "admin"];
 
 // -- messages ---------------------------------------------------------------------------------------------------------
 
-let bannerTimer = null;
-function showError(message) {
-  $("#banner-text").textContent = message;
-  $("#banner").hidden = false;
-  clearTimeout(bannerTimer);
-  bannerTimer = setTimeout(() => ($("#banner").hidden = true), 10000);
-}
-$("#banner-close").addEventListener("click", () => ($("#banner").hidden = true));
+const showError = errorBanner();
 
 // -- the parts --------------------------------------------------------------------------------------------------------
 

@@ -4,7 +4,7 @@
 // numbers, and each bar carries its number (data-value, and a tooltip) so
 // what is drawn can be checked against what the service counted.
 
-import { $, $$, el, svg, words } from "./dom.js";
+import { $, $$, el, errorBanner, svg, words } from "./dom.js";
 
 const OUTCOMES = ["threat", "search", "clear", "none"];
 const OUTCOME_WORDS = { threat: "Threat", search: "Search", clear: "Clear", none: "Not decided" };
@@ -225,14 +225,7 @@ function table(spec) {
 
 // -- the page -------------------------------------------------------------------------------------------------
 
-let bannerTimer = null;
-function showError(message) {
-  $("#banner-text").textContent = message;
-  $("#banner").hidden = false;
-  clearTimeout(bannerTimer);
-  bannerTimer = setTimeout(() => ($("#banner").hidden = true), 10000);
-}
-$("#banner-close").addEventListener("click", () => ($("#banner").hidden = true));
+const showError = errorBanner();
 
 function refuse(message, withLogin = false) {
   const note = $("#report-refused");
