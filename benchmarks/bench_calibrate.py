@@ -4,7 +4,8 @@ Target (product issue): a 2x1024x768 uint16 dual-energy scan calibrated
 (offset/gain, bad elements, attenuation, opaque, Zeff) and rendered to RGB
 in at most 15 ms median on 2 cores. Printed side by side in one run:
 
-- nii's path (``Calibrator`` with 1 and 2 threads + ``render_colour_fast``);
+- nii's path, as the pipeline runs it (``Calibrator`` with 1 and 2 threads,
+  then ``render(calibrated)``, the operator's colour tool);
 - a straightforward float64 NumPy implementation of the same maths;
 - the memory-bandwidth floor: bytes in plus bytes out over the measured
   copy bandwidth of this machine.
@@ -27,7 +28,7 @@ from nii.calibrate import material as materials
 from nii.calibrate.correct import Calibrator
 from nii.calibrate.palette import material_coordinate, render_pseudo_colour
 from nii.calibrate.profile import build_profile
-from nii.calibrate.render import material_map, render_colour_fast
+from nii.calibrate.render import render
 from nii.simulate.engine import simulate_scan
 from nii.simulate.scanner import load_scanner
 
@@ -78,9 +79,8 @@ def main() -> None:
         calibrate = Calibrator(profile, workers=workers)
 
         def run() -> np.ndarray:
-            calibrated = calibrate(scan)
-            # The colour table gather holds the GIL, so it runs once, whole.
-            return render_colour_fast(calibrated.high, material_map(calibrated.zeff), calibrated.opaque)
+            # The colour table gather holds the GIL, so rendering runs once, whole.
+            return render(calibrate(scan))
 
         return run
 

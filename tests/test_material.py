@@ -340,6 +340,23 @@ def test_estimate_keeps_the_shape(calibration):
     assert zeff.shape == areal.shape == (3, 4, 5)
 
 
+def test_lookup_fills_the_given_maps(calibration):
+    """A calibrator passes its own maps: they are filled, in place, as without ``out``."""
+    lut = material_lookup(calibration)
+    a_high = np.random.default_rng(0).uniform(0.01, 3.0, (70, 1000)).astype(np.float32)  # > one 64k block
+    a_low = a_high * np.float32(1.6)
+    expected = lookup_zeff(a_low, a_high, lut)
+    out = (np.full(a_high.shape, np.nan, np.float32), np.full(a_high.shape, np.nan, np.float32))
+    returned = lookup_zeff(a_low, a_high, lut, out=out)
+    assert returned[0] is out[0] and returned[1] is out[1]
+    np.testing.assert_array_equal(out[0], expected[0])
+    np.testing.assert_array_equal(out[1], expected[1])
+    with pytest.raises(ValueError, match="out must be"):
+        lookup_zeff(a_low, a_high, lut, out=(out[0], out[1][:, ::2]))
+    with pytest.raises(ValueError, match="out must be"):
+        lookup_zeff(a_low, a_high, lut, out=(out[0], out[1].astype(np.float64)))
+
+
 def test_lookup_agrees_with_estimate_on_realistic_pixels(scanner, frames, calibration, slabs):
     lut = material_lookup(calibration)
     bag = simulate_scan(scanner, np.random.default_rng(7), scene="bag").scan.counts

@@ -154,20 +154,23 @@ class Calibrator:
         """Steps 1-4 on a block of lines, into preallocated outputs."""
         for c in range(counts.shape[0]):
             a = attenuation[c]
-            dark = np.broadcast_to(self._dark[c], counts[c].shape)
-            # Saturating uint16 subtraction, then ln in float32 (OpenCV's SIMD
-            # log is ~5x faster than a table gather with 16-bit indices).
-            a[...] = cv2.subtract(np.ascontiguousarray(counts[c]), np.ascontiguousarray(dark))
-            np.maximum(a, 1.0, out=a)  # no photons above dark: opaque anyway
+            # In uint16: saturating subtraction of dark, and at least one
+            # count (no photons above dark: opaque anyway); then ln in
+            # float32. OpenCV's SIMD passes are 2-5x faster than NumPy's
+            # here, and ln beats a 64k-entry table gather by ~5x.
+            signal = cv2.subtract(np.ascontiguousarray(counts[c]),
+                                  np.ascontiguousarray(np.broadcast_to(self._dark[c], a.shape)))
+            cv2.max(signal, 1, dst=signal)
+            np.copyto(a, signal)
             cv2.log(a, dst=a)
             np.subtract(self._ln_signal[c], a, out=a)
             columns, left, right, weight = self._bad[c]
             if columns.size:
                 a[:, columns] = a[:, left] * (1 - weight) + a[:, right] * weight
-            np.minimum(a, self._a_max[c], out=a)  # photons ran out: clip (and flag below)
+            cv2.min(a, float(self._a_max[c]), dst=a)  # photons ran out: clip (and flag below)
         np.greater_equal(attenuation[-1], self._a_max[-1], out=opaque)
         if zeff is not None and areal is not None and classes is not None and self._lookup is not None:
-            zeff[...], areal[...] = materials.lookup_zeff(attenuation[0], attenuation[1], self._lookup)
+            materials.lookup_zeff(attenuation[0], attenuation[1], self._lookup, out=(zeff, areal))
             classes[...] = classify_zeff(zeff, opaque)
 
 

@@ -36,6 +36,7 @@ import dataclasses
 import math
 from typing import Mapping, Sequence
 
+import cv2
 import numpy as np
 
 from nii.simulate import physics
@@ -742,7 +743,13 @@ def material_lookup(
     )
 
 
-def lookup_zeff(a_low: np.ndarray, a_high: np.ndarray, lut: MaterialLookup) -> tuple[np.ndarray, np.ndarray]:
+def lookup_zeff(
+    a_low: np.ndarray,
+    a_high: np.ndarray,
+    lut: MaterialLookup,
+    *,
+    out: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
     """Zeff and areal density per pixel from a :class:`MaterialLookup`.
 
     Parameters
@@ -751,18 +758,28 @@ def lookup_zeff(a_low: np.ndarray, a_high: np.ndarray, lut: MaterialLookup) -> t
         Low- and high-energy attenuation, same shape (any); float32 avoids
         a conversion.
     lut : MaterialLookup
+    out : (zeff, areal_density), optional
+        C-contiguous float32 arrays of the inputs' shape to fill (a
+        calibrator writes straight into the scan's maps this way).
 
     Returns
     -------
     zeff, areal_density : ndarray of float32
-        As :func:`estimate_zeff` gives at the centre of the pixel's cell.
-        Both are views into one (..., 2) float32 buffer (strides of 8 bytes).
+        As :func:`estimate_zeff` gives at the centre of the pixel's cell
+        (``out`` itself when given).
+
+    Raises
+    ------
+    ValueError
+        If the inputs differ in shape or are not real arrays, or ``out``
+        does not fit them.
 
     Notes
     -----
     Per block of pixels, all in 32-bit arithmetic: R = A_low / A_high;
     column ``clip(bits(R) >> r_shift)``; row ``bits(A_high) >> a_shift``;
-    one ``np.take`` of the (Zeff, areal) pair, read as one 8-byte item.
+    one ``np.take`` of the (Zeff, areal) pair, read as one 8-byte item,
+    then split into the two maps while the block is still in cache.
     Rows are not clamped: A_high below ``a_min`` (air, zero, negative)
     gives a negative flat index, which ``mode="clip"`` sends to cell 0
     (air), and the table's rows run to A_high = 128, past which (and for
@@ -773,9 +790,14 @@ def lookup_zeff(a_low: np.ndarray, a_high: np.ndarray, lut: MaterialLookup) -> t
     """
     low, high = _pair(a_low, a_high, np.float32)
     shape = high.shape
+    if out is None:
+        out = (np.empty(shape, np.float32), np.empty(shape, np.float32))
+    for target in out:
+        if target.shape != shape or target.dtype != np.float32 or not target.flags.c_contiguous:
+            raise ValueError(f"out must be two C-contiguous float32 arrays of shape {shape}")
+    zeff, areal = out[0].reshape(-1), out[1].reshape(-1)
     low, high = low.reshape(-1), high.reshape(-1)
     n = high.size
-    pairs = np.empty(n, dtype=np.uint64)  # (Zeff, areal) float32 pairs, moved as one item
     table = lut.table.view(np.uint64).reshape(-1)
     cols = np.int32(lut.cols)
     a_shift, r_shift = np.int32(lut.a_shift), np.int32(lut.r_shift)
@@ -787,11 +809,12 @@ def lookup_zeff(a_low: np.ndarray, a_high: np.ndarray, lut: MaterialLookup) -> t
     col = ratio.view(np.int32)
     row = np.empty(block, dtype=np.int32)
     index = np.empty(block, dtype=np.intp)
+    pairs = np.empty(block, dtype=np.uint64)  # (Zeff, areal) float32 pairs, moved as one item
     with np.errstate(divide="ignore", invalid="ignore"):
         for start in range(0, n, block):
             stop = min(start + block, n)
             size = stop - start
-            r, c, i, k = ratio[:size], col[:size], row[:size], index[:size]
+            r, c, i, k, p = ratio[:size], col[:size], row[:size], index[:size], pairs[:size]
             np.divide(low[start:stop], high[start:stop], out=r)
             np.right_shift(c, r_shift, out=c)
             np.clip(c, col_low, col_high, out=c)
@@ -799,6 +822,8 @@ def lookup_zeff(a_low: np.ndarray, a_high: np.ndarray, lut: MaterialLookup) -> t
             np.multiply(i, cols, out=i)
             np.add(i, c, out=i)
             np.subtract(i, offset, out=k)
-            np.take(table, k, mode="clip", out=pairs[start:stop])
-    values = pairs.view(np.float32).reshape(shape + (2,))
-    return values[..., 0], values[..., 1]
+            np.take(table, k, mode="clip", out=p)
+            # De-interleave into the two maps (OpenCV's split beats two strided copies).
+            cv2.split(p.view(np.float32).reshape(size, 1, 2),
+                      [zeff[start:stop].reshape(size, 1), areal[start:stop].reshape(size, 1)])
+    return out
