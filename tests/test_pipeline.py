@@ -129,6 +129,20 @@ def test_ct_volume_alarms_on_the_explosive_with_a_3d_box(pipeline):
     assert result.annotated.ndim == 3 and result.annotated.shape[2] == 3
 
 
+def test_a_bag_is_rendered_once_for_the_detector_and_the_annotated_image(pipeline, monkeypatch):
+    import nii.calibrate.render as rendering
+
+    calls = []
+    colour_image = rendering._colour_image  # what every colour rendering runs
+    monkeypatch.setattr(rendering, "_colour_image", lambda *a, **k: calls.append(1) or colour_image(*a, **k))
+    result = pipeline.analyze(SAMPLES / "bag-threat.json")
+    assert len(calls) == 1
+    image = result.calibrated.colour_rendering
+    assert not image.flags.writeable  # shared by every model: nobody may draw on it
+    np.testing.assert_array_equal(image, rendering.render(result.calibrated))
+    assert result.annotated.shape == image.shape and not np.array_equal(result.annotated, image)  # boxes drawn
+
+
 def test_every_result_records_models_profile_and_stage_timings(pipeline):
     result = pipeline.analyze(SAMPLES / "bag-clear.json")
     assert set(STAGES) <= set(result.timings_ms) and all(v >= 0 for v in result.timings_ms.values())

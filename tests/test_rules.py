@@ -301,3 +301,25 @@ def test_fast_3d_opening_is_scipys_opening(shape):
     mask = np.random.default_rng(sum(shape)).random(shape) < 0.6
     expected = ndimage.binary_opening(mask, structure=ndimage.generate_binary_structure(3, 1))
     np.testing.assert_array_equal(open_6_connected(mask), expected)
+
+
+def test_2d_components_match_ndimage_labelling():
+    """The OpenCV labelling of 2D masks finds what ndimage.label does, in its order."""
+    from scipy import ndimage
+
+    from nii.detect.rules import _components
+
+    rng = np.random.default_rng(0)
+    for trial in range(30):
+        mask = ndimage.binary_dilation(rng.random((120, 160)) < 0.01, iterations=int(rng.integers(1, 5)))
+        if trial % 5 == 0:
+            mask = rng.random((120, 160)) < 0.5  # many touching, oddly shaped components
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
+        expected = [(box, labels[box] == i) for i, box in enumerate(ndimage.find_objects(labels), 1)
+                    if (labels[box] == i).sum() >= 6]
+        found = _components(mask, 6)
+        assert len(found) == len(expected) > 0
+        for (box, inside), (box_expected, inside_expected) in zip(found, expected):
+            assert box == box_expected
+            np.testing.assert_array_equal(inside, inside_expected)
+    assert _components(np.zeros((50, 50), bool), 1) == []

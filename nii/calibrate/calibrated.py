@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from enum import IntEnum
 
 import numpy as np
@@ -80,6 +81,20 @@ class CalibratedScan:
         """False for scans normalised from their own air region, and for
         estimates from archived renderings (``archive:...`` ids)."""
         return self.profile_id != UNCALIBRATED and not self.profile_id.startswith("archive:")
+
+    @functools.cached_property
+    def colour_rendering(self) -> np.ndarray:
+        """The operator's material-colour rendering (``render(self)``), read-only.
+
+        Made on first use and kept: the contraband detector, the anomaly
+        model and the annotated image all start from it, and a bag-sized
+        rendering costs ~5 ms. The scan is immutable, so it never goes stale.
+        """
+        from nii.calibrate.render import render  # render imports this module
+
+        image = render(self, tool="colour")
+        image.flags.writeable = False
+        return image
 
     @property
     def high(self) -> np.ndarray:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import numpy as np
 
 from nii.calibrate.calibrated import CalibratedScan
-from nii.calibrate.render import render
 from nii.scan import ScanKind
 
 __all__ = ["detector_image"]
@@ -25,6 +24,8 @@ def detector_image(calibrated: CalibratedScan) -> np.ndarray:
 
     Pixel (row, col) of the result is pixel (row, col) of ``calibrated``'s
     arrays, so regions found on it are in the calibrated scan's pixels.
+    It is read-only: every model of a pipeline shares it (see
+    :attr:`CalibratedScan.colour_rendering`).
 
     Raises
     ------
@@ -36,4 +37,4 @@ def detector_image(calibrated: CalibratedScan) -> np.ndarray:
         raise ValueError("the contraband detector takes 2D projection scans, not CT volumes")
     if scan.kind is ScanKind.PSEUDO_COLOUR and scan.counts.shape[:2] == calibrated.opaque.shape:
         return np.ascontiguousarray(scan.counts)
-    return render(calibrated, tool="colour")
+    return calibrated.colour_rendering

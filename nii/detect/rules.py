@@ -97,7 +97,10 @@ def _disc(radius_px: float) -> np.ndarray:
 
 def _components(mask: np.ndarray, min_pixels: int) -> list[tuple[tuple[slice, ...], np.ndarray]]:
     """Connected components (8- or 26-connected) of at least ``min_pixels``:
-    each as (bounding slices, its mask inside them)."""
+    each as (bounding slices, its mask inside them), in raster order of
+    their first pixel (as ``ndimage.label`` numbers them)."""
+    if mask.ndim == 2:
+        return _components_2d(mask, min_pixels)
     labels, count = ndimage.label(mask, structure=np.ones((3,) * mask.ndim, bool))
     found = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
@@ -107,6 +110,25 @@ def _components(mask: np.ndarray, min_pixels: int) -> list[tuple[tuple[slice, ..
         if inside.sum() >= min_pixels:
             found.append((box, inside))
     return found
+
+
+def _components_2d(mask: np.ndarray, min_pixels: int) -> list[tuple[tuple[slice, slice], np.ndarray]]:
+    marked = np.ascontiguousarray(mask, dtype=bool).view(np.uint8)
+    # Most bags have too few marked pixels for any region to count; and
+    # labelling only the box around them spares the empty rest of the image.
+    if cv2.countNonZero(marked) < max(min_pixels, 1):
+        return []
+    x0, y0, width, height = cv2.boundingRect(marked)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(
+        marked[y0:y0 + height, x0:x0 + width], connectivity=8, ltype=cv2.CV_32S)
+    found = []
+    for index in np.flatnonzero(stats[1:, cv2.CC_STAT_AREA] >= min_pixels) + 1:
+        x, y, w, h = (int(v) for v in stats[index, :4])
+        inside = labels[y:y + h, x:x + w] == index
+        box = (slice(y0 + y, y0 + y + h), slice(x0 + x, x0 + x + w))
+        first_col = x0 + x + int(np.argmax(inside[0]))  # the first pixel of the top row
+        found.append(((y0 + y, first_col), box, inside))
+    return [(box, inside) for _, box, inside in sorted(found, key=lambda item: item[0])]
 
 
 def open_6_connected(mask: np.ndarray) -> np.ndarray:
