@@ -345,3 +345,32 @@ def test_bad_training_config_is_one_line(tmp_path, capsys):
     assert "needs a [train] table" in capsys.readouterr().err
     (tmp_path / "worse.toml").write_text("[model\n")
     assert main(["train", str(tmp_path / "worse.toml")]) == 2
+
+
+def test_for_inference_folds_batchnorm_and_keeps_the_outputs():
+    """The shipped form of a detector answers as the trained network does."""
+    import torch
+
+    from nii.detect.fcos import fcos_plain, for_inference
+
+    torch.manual_seed(0)
+    trained = fcos_plain(2, widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), fpn_channels=32, min_size=256,
+                         max_size=320, score_thresh=0.0)
+    trained.train()
+    with torch.no_grad():  # running statistics far from (0, 1), so a wrong fold shows
+        for _ in range(3):
+            trained.backbone.body(torch.rand(2, 3, 256, 320) * 3)
+    trained.eval()
+    shipped = fcos_plain(2, widths=(8, 8, 16, 16, 32), depths=(1, 1, 1, 1, 1), fpn_channels=32, min_size=256,
+                         max_size=320, score_thresh=0.0)
+    shipped.load_state_dict(trained.state_dict())
+    shipped = for_inference(shipped)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in shipped.modules())
+    conv = next(m for m in shipped.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    image = [torch.rand(3, 256, 320)]
+    with torch.inference_mode():
+        expected, got = trained(image)[0], shipped(image)[0]
+    assert len(expected["scores"]) > 0
+    torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-2, rtol=1e-4)

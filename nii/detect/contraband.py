@@ -15,9 +15,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torchvision.models.detection.transform import resize_boxes
 
 from nii.calibrate.calibrated import CalibratedScan
-from nii.detect.fcos import best_device, fcos_plain
+from nii.detect.fcos import best_device, fcos_plain, for_inference
 from nii.detect.inputs import detector_image
 from nii.detect.regions import ModelIdentity, Region
 from nii.scan import ScanKind
@@ -89,7 +90,7 @@ class ContrabandDetector:
         model = build_model(config["model"], len(classes))
         state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        return cls(model, classes, artifact.identity, min_score=min_score, device=device,
+        return cls(for_inference(model), classes, artifact.identity, min_score=min_score, device=device,
                    operating_points=artifact.card.get("operating_points"))
 
     def applies_to(self, calibrated: CalibratedScan) -> bool:
@@ -103,11 +104,18 @@ class ContrabandDetector:
     @torch.inference_mode()
     def detect_images(self, images: Sequence[np.ndarray]) -> list[list[Region]]:
         """Regions for each of several detector images (one batch)."""
-        outputs = self.model([image_tensor(image).to(self.device) for image in images])
+        # The model's transform normalises, then resizes. Resizing first, with
+        # the transform's own resize, normalises ~6x fewer pixels of a bag;
+        # both steps are linear per channel, so the input is the same to
+        # float rounding. Boxes then go back to full size as the transform's
+        # postprocess would take them.
+        full = [image_tensor(image).to(self.device) for image in images]
+        small = [self.model.transform.resize(tensor)[0] for tensor in full]
+        outputs = self.model(small)
         results = []
-        for output in outputs:
+        for output, before, after in zip(outputs, full, small):
             keep = output["scores"] >= self.min_score
-            boxes = output["boxes"][keep].cpu().numpy()
+            boxes = resize_boxes(output["boxes"][keep], after.shape[-2:], before.shape[-2:]).cpu().numpy()
             scores = output["scores"][keep].cpu().numpy()
             labels = output["labels"][keep].cpu().numpy()
             results.append([

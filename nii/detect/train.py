@@ -38,7 +38,7 @@ from nii.config import read_toml
 from nii.detect.contraband import ContrabandDetector, build_model, image_tensor
 from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_clear
 from nii.detect.evaluate import evaluate_sets
-from nii.detect.fcos import best_device
+from nii.detect.fcos import best_device, for_inference
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity, dicos_category
 from nii.detect.registry import MODELS_ROOT, publish_artifact
 
@@ -263,8 +263,10 @@ def train(
     model = model.cpu().eval()
     name, version = model_cfg["name"], str(model_cfg["version"])
     provisional = ModelIdentity(name, version, "unpublished")
-    detector = ContrabandDetector(build_model(model_cfg, len(classes)), classes, provisional, device=target)
-    detector.model.load_state_dict(model.state_dict())
+    evaluated = build_model(model_cfg, len(classes))
+    evaluated.load_state_dict(model.state_dict())
+    # Evaluated as it will ship: from_artifact prepares it the same way.
+    detector = ContrabandDetector(for_inference(evaluated), classes, provisional, device=target)
     metrics, operating_points = evaluate_sets(detector, config, cache=cache, progress=progress)
     return publish_trained(
         config_path, model.state_dict(), kind="contraband-fcos",
