@@ -13,7 +13,11 @@ Method, in one run, side by side:
    and copied up to ``--scans`` files, each copy with its own scan id.
 2. **Single-scan rate.** ``nii bench``'s baggage workload in a fresh
    process, as ``nii bench baggage`` runs it (torch on every core), and
-   again with torch on one worker's share of the cores.
+   again with torch on one worker's share of the cores. Then W of those
+   one-worker benchmarks at once, in W processes: their summed rate is
+   what W workers with no engine at all get from this machine (its
+   ceiling: cores that share caches and memory bandwidth do not scale
+   perfectly), so the engine's own cost shows apart from the machine's.
 3. **Batch rate.** ``nii batch run`` (the library call, manifest commits
    and all) over the archive with each engine, ``--repeats`` times,
    interleaved. Each scan's record is timestamped as it comes back; the
@@ -58,9 +62,15 @@ def single_scan_rate(repeats: int, threads: int | None) -> dict[str, Any]:
 
 
 def in_fresh_process(function: Any, *args: Any) -> Any:
+    return in_fresh_processes(1, function, *args)[0]
+
+
+def in_fresh_processes(count: int, function: Any, *args: Any) -> list[Any]:
+    """``function(*args)`` in ``count`` fresh processes at once."""
     context = multiprocessing.get_context("spawn")
-    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-        return pool.submit(function, *args).result()
+    with concurrent.futures.ProcessPoolExecutor(max_workers=count, mp_context=context) as pool:
+        futures = [pool.submit(function, *args) for _ in range(count)]
+        return [future.result() for future in futures]
 
 
 def write_archive(folder: Path, *, scans: int, distinct: int) -> Path:
@@ -134,6 +144,9 @@ def main(args: argparse.Namespace) -> None:
         single = in_fresh_process(single_scan_rate, args.single_repeats, None)
         share = max(1, cores // workers)
         single_share = in_fresh_process(single_scan_rate, args.single_repeats, share)
+        # Longer runs, so that the W timed phases overlap despite uneven start-ups.
+        side_by_side = in_fresh_processes(workers, single_scan_rate, 3 * args.single_repeats, share)
+        ceiling = sum(r["scans_per_s"] for r in side_by_side)
 
         runs: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
         for _ in range(args.repeats):  # interleaved, so a busy moment hurts every engine alike
@@ -146,6 +159,8 @@ def main(args: argparse.Namespace) -> None:
           f"(p50 {single['p50_ms']:.0f} ms)")
     print(f"single-scan pipeline, torch on {share} core(s), one worker's share: {single_share['scans_per_s']:.2f} "
           f"scans/s (p50 {single_share['p50_ms']:.0f} ms)")
+    print(f"{workers} of those at once, in {workers} processes: {ceiling:.2f} scans/s together "
+          f"(the machine's ceiling for {workers} workers: {ceiling / single_share['scans_per_s']:.2f}x one)")
     print(f"\n{'engine':<7} {'wall s':>7} {'start-up s':>10} {'steady scans/s':>14} {'whole run scans/s':>17}")
     for engine, row in rows.items():
         print(f"{engine:<7} {row['wall_s']:>7.1f} {row['start_s']:>10.1f} {row['rate']:>14.2f} "
@@ -157,6 +172,7 @@ def main(args: argparse.Namespace) -> None:
         ratio = local / (rate * workers)
         print(f"local steady rate vs {label} x {workers} workers: {ratio:.0%} "
               f"(target >= 90 %: {'met' if ratio >= 0.9 else 'NOT met'})")
+    print(f"local steady rate vs the machine's ceiling ({workers} benchmarks at once): {local / ceiling:.0%}")
     if "ray" in rows:
         overhead = local / rows["ray"]["rate"] - 1.0
         print(f"ray overhead vs local, steady rate: {overhead:+.0%} (target <= 20 %: "
