@@ -189,3 +189,18 @@ def test_mev_cargo_material_discrimination() -> None:
     assert np.median(calibrated.zeff[:, 80:220]) == pytest.approx(7.4, abs=1.0)
     assert np.median(calibrated.zeff[:, 380:520]) == pytest.approx(26.0, abs=2.0)
     assert (calibrated.material_class[:, 380:520] == MaterialClass.METAL).mean() > 0.8
+
+
+def test_classify_zeff_codes_at_the_boundaries() -> None:
+    from nii.calibrate.calibrated import MaterialClass, classify_zeff
+
+    zeff = np.array([[6.0, 9.99, 10.0, 17.0, 17.01, 29.0]] * 2, np.float32)
+    opaque = np.zeros(zeff.shape, bool)
+    opaque[1, ::2] = True
+    o, m, x, t = (int(c) for c in (MaterialClass.ORGANIC, MaterialClass.MIXED, MaterialClass.METAL,
+                                    MaterialClass.OPAQUE))
+    expected = np.array([[o, o, m, m, x, x], [t, o, t, m, t, x]], np.uint8)
+    np.testing.assert_array_equal(classify_zeff(zeff, opaque), expected)
+    # Any shape, not only images: the same codes.
+    np.testing.assert_array_equal(classify_zeff(zeff.ravel(), opaque.ravel()), expected.ravel())
+    np.testing.assert_array_equal(classify_zeff(zeff[None], opaque[None]), expected[None])

