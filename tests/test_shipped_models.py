@@ -77,3 +77,23 @@ def test_shipped_detector_finds_the_sample_threat(detector):
                                                              REPO / "calibration"))
     assert regions and regions[0].model == detector.identity
     assert np.isfinite(regions[0].score)
+
+
+def test_a_higher_min_score_only_drops_regions_below_it():
+    """min_score is applied before the model's NMS; what is left above it must not change."""
+    from nii.calibrate.correct import calibrate_with_scanner_profile
+    from nii.detect.inputs import detector_image
+    from nii.simulate.engine import simulate_scan
+    from nii.simulate.scanner import load_scanner
+
+    low, high = load_detector("contraband-fcos", min_score=0.05), load_detector("contraband-fcos", min_score=0.3)
+    rng = np.random.default_rng(5)
+    kept = 0
+    for index in range(3):
+        scan = simulate_scan(load_scanner("baggage-dual-kvp"), rng, threat_rate=1.0, index=index).scan
+        image = detector_image(calibrate_with_scanner_profile(scan))
+        everything = [(r.class_name, r.score, r.box) for r in low.detect_images([image])[0]]
+        above = [(r.class_name, r.score, r.box) for r in high.detect_images([image])[0]]
+        assert above == [region for region in everything if region[1] >= 0.3]
+        kept += len(above)
+    assert kept > 0

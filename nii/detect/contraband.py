@@ -76,6 +76,15 @@ class ContrabandDetector:
                  operating_points: Mapping[str, Mapping[str, float]] | None = None):
         self.device = torch.device(device) if device is not None else best_device()
         self.model = model.to(self.device).eval()
+        # Candidates below min_score would be dropped afterwards anyway; the
+        # model drops them before its NMS instead, which then has fewer boxes
+        # to sort. What survives above min_score is the same: a box is only
+        # ever suppressed by a higher-scoring one.
+        # (The model keeps scores strictly above its threshold; the float32
+        # just below min_score keeps a score of exactly min_score too.)
+        if hasattr(self.model, "score_thresh"):
+            below = float(np.nextafter(np.float32(min_score), np.float32(0.0)))
+            self.model.score_thresh = max(float(self.model.score_thresh), below)
         self.classes = tuple(classes)
         self.identity = identity
         self.min_score = min_score
