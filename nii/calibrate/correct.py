@@ -83,7 +83,10 @@ class Calibrator:
             return
         signal = np.maximum(profile.air - profile.dark, 1.0)
         # A = ln(F - D) - ln(I - D): a per-element constant minus a table look-up.
-        self._dark = np.rint(profile.dark).astype(np.uint16)
+        # max(I, D + 1) - D is max(I - D, 1) without wrapping below zero;
+        # D is held below 65535 so that D + 1 fits in uint16.
+        self._dark = np.minimum(np.rint(profile.dark), 65534).astype(np.uint16)
+        self._dark_plus_one = self._dark + np.uint16(1)
         self._ln_signal = np.log(signal).astype(np.float32)
         self._a_max = (-np.log(profile.min_transmission)).astype(np.float32)
         self._bad = [_neighbours(profile.bad_pixels[c]) for c in range(profile.channels)]
@@ -154,13 +157,12 @@ class Calibrator:
         """Steps 1-4 on a block of lines, into preallocated outputs."""
         for c in range(counts.shape[0]):
             a = attenuation[c]
-            # In uint16: saturating subtraction of dark, and at least one
-            # count (no photons above dark: opaque anyway); then ln in
-            # float32. OpenCV's SIMD passes are 2-5x faster than NumPy's
-            # here, and ln beats a 64k-entry table gather by ~5x.
-            signal = cv2.subtract(np.ascontiguousarray(counts[c]),
-                                  np.ascontiguousarray(np.broadcast_to(self._dark[c], a.shape)))
-            cv2.max(signal, 1, dst=signal)
+            # In uint16, counts above dark and at least one (no photons above
+            # dark: opaque anyway); then ln in float32, where OpenCV's SIMD
+            # passes are 2-5x faster than NumPy's, and ln beats a 64k-entry
+            # table gather by ~5x.
+            signal = np.maximum(counts[c], self._dark_plus_one[c])
+            np.subtract(signal, self._dark[c], out=signal)
             np.copyto(a, signal)
             cv2.log(a, dst=a)
             np.subtract(self._ln_signal[c], a, out=a)
