@@ -7,7 +7,7 @@
 
 import { api } from "./api.js";
 import { $, el, localTime } from "./dom.js";
-import { CATEGORY_NAMES, nameOf } from "./names.js";
+import { CATEGORY_NAMES, categoryOptions, nameOf } from "./names.js";
 
 const FIELDS = ["category", "description", "quantity", "bag_tag", "container_number", "declaration_number"];
 
@@ -21,6 +21,7 @@ export class CasePanel {
     this.dialog = dialog;
     this.scan = null;
     this.cases = [];
+    $("#case-category", dialog).append(...categoryOptions());
     $("#case-open", root).addEventListener("click", () => this.openDialog());
     dialog.addEventListener("close", () => {
       if (dialog.returnValue === "confirm") this.openCase();

@@ -7,7 +7,7 @@
 
 import { api } from "./api.js";
 import { el, $, localTime } from "./dom.js";
-import { CATEGORY_NAMES, OUTCOME_NAMES, nameOf } from "./names.js";
+import { CATEGORY_NAMES, OUTCOME_NAMES, categoryOptions, nameOf } from "./names.js";
 
 /** Roles whose second decision is a reversal the service accepts (nii.serve.auth). */
 const MAY_REVERSE = new Set(["supervisor", "admin"]);
@@ -26,6 +26,7 @@ export class DecisionPanel {
     this.scan = null;
     this.history = [];
     this.busy = false;
+    $("#dialog-category", dialog).append(...categoryOptions());
 
     for (const outcome of ["clear", "search", "threat"]) {
       $(`#decide-${outcome}`, root).addEventListener("click", () => this.request(outcome));
