@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from nii.serve.store import fsync_dir, written_temp_file
 
 __all__ = ["SITE_KEY_NAME", "fingerprint", "load_private_key", "load_public_key", "public_pem", "site_key"]
 
@@ -94,18 +95,15 @@ def site_key(data_dir: str | os.PathLike, *, create: bool = True) -> Ed25519Priv
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".key-")  # mkstemp makes it 0600
+        tmp = written_temp_file(path.parent, pem, prefix=".key-")  # mode 0600
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(pem)
-                out.flush()
-                os.fsync(out.fileno())
             # link, not rename: it fails if another export made the key
             # meanwhile, and then that key is the site's, not ours.
             os.link(tmp, path)
         except FileExistsError:
             return load_private_key(path)
         finally:
-            os.unlink(tmp)
+            tmp.unlink()
+        fsync_dir(path.parent)
         return key
     return load_private_key(path)

@@ -318,15 +318,11 @@ class BlobStore:
         if target.exists():
             return digest
         target.parent.mkdir(exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=".incoming-")
+        tmp = written_temp_file(target.parent, data, prefix=".incoming-")
         try:
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
             os.replace(tmp, target)
         except BaseException:
-            Path(tmp).unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
             raise
         fsync_dir(target.parent)
         return digest
@@ -334,6 +330,24 @@ class BlobStore:
     def get(self, sha256: str) -> bytes:
         """The bytes of blob ``sha256``."""
         return self.path(sha256).read_bytes()
+
+
+def written_temp_file(folder: Path, data: bytes, *, prefix: str) -> Path:
+    """``data`` in a new file of ``folder`` (mode 0600), flushed to disk.
+
+    The caller gives it its name (rename or link) and then calls
+    :func:`fsync_dir`; until then a crash leaves only a stray temp file.
+    """
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return Path(tmp)
 
 
 def fsync_dir(folder: Path) -> None:
