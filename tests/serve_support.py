@@ -55,6 +55,20 @@ def sample_uploads(stem: str) -> list[Upload]:
     return [Upload(path.name, path.read_bytes())]
 
 
+def analyse(store: Store, uploads: list[Upload], *, timeout: float = 120) -> str:
+    """Submit one scan, let a one-worker service analyse it, stop; its scan id."""
+    from nii.serve.service import Service, ServiceConfig
+
+    service = Service(store, ServiceConfig(workers=1))
+    scan_id = service.submit(uploads, source="http", username=None).scan_id
+    service.start()
+    try:
+        assert service.wait_until_idle(timeout)
+    finally:
+        service.stop()
+    return scan_id
+
+
 @contextlib.contextmanager
 def serving(service) -> Iterator[str]:
     """The service's web app on a free loopback port, in a thread; yields its base URL."""

@@ -13,7 +13,7 @@ from nii.serve.cases import CaseError, add_attachment, add_note, add_scans, audi
 from nii.serve.intake import accept_scan
 from nii.serve.service import Service, ServiceConfig
 from nii.serve.store import Store
-from tests.serve_support import BACKENDS, PASSWORDS, add_users, open_store, sample_uploads
+from tests.serve_support import BACKENDS, PASSWORDS, add_users, analyse, open_store, sample_uploads
 
 OP, SUP, DEV = User("op", "operator"), User("sup", "supervisor"), User("dev", "model_developer")
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 100
@@ -58,13 +58,7 @@ def test_a_case_records_findings_references_notes_and_attachments(store):
 
 def test_references_default_to_what_the_scan_carries(store, tmp_path):
     """The sample bag's sidecar names its bag tag; a case on it starts with that tag."""
-    service = Service(store, ServiceConfig(workers=1))
-    bag = service.submit(sample_uploads("bag-clear"), source="http", username=None).scan_id
-    service.start()
-    try:
-        assert service.wait_until_idle(60)
-    finally:
-        service.stop()
+    bag = analyse(store, sample_uploads("bag-clear"))
     with store.transaction() as conn:
         case = open_case(store, conn, OP, [bag])
     assert case.bag_tag == "2385964878"

@@ -18,9 +18,8 @@ from nii.serve.auth import User
 from nii.serve.cases import add_attachment, add_note, open_case
 from nii.serve.decisions import record_decision
 from nii.serve.intake import Upload
-from nii.serve.service import Service, ServiceConfig
 from nii.serve.store import Store
-from tests.serve_support import SAMPLES, add_users
+from tests.serve_support import SAMPLES, add_users, analyse
 
 OP = User("op", "operator")
 JPEG = b"\xff\xd8\xff\xe0" + bytes(range(256)) * 2
@@ -34,13 +33,7 @@ def case(tmp_path_factory):
     store = Store.open(data)
     add_users(store)
     original = (SAMPLES / "bag-dicos-ct.dcm").read_bytes()
-    service = Service(store, ServiceConfig(workers=1))
-    scan_id = service.submit([Upload("bag-dicos-ct.dcm", original)], source="http", username=None).scan_id
-    service.start()
-    try:
-        assert service.wait_until_idle(120)
-    finally:
-        service.stop()
+    scan_id = analyse(store, [Upload("bag-dicos-ct.dcm", original)])
     with store.transaction() as conn:
         record_decision(store, conn, OP, scan_id, "threat", category="EXPLOSIVE", note="sheet in the lining")
         case_id = open_case(store, conn, OP, [scan_id], category="EXPLOSIVE", description="sheet explosive",
