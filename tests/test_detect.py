@@ -374,3 +374,33 @@ def test_for_inference_folds_batchnorm_and_keeps_the_outputs():
     assert len(expected["scores"]) > 0
     torch.testing.assert_close(got["scores"], expected["scores"], atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(got["boxes"], expected["boxes"], atol=1e-2, rtol=1e-4)
+
+
+def test_inference_shrinks_a_large_scan_by_area_averaging_as_training_does():
+    """A bag four times the model's size, with texture finer than a model pixel,
+    is seen as the bag at the model's size: the texture averages out, as in
+    training, rather than aliasing through the model's bilinear resize."""
+    from nii.calibrate.correct import calibrate_with_scanner_profile
+    from nii.detect.contraband import fit_image
+    from nii.detect.inputs import detector_image
+    from nii.simulate.engine import simulate_scan
+    from nii.simulate.scanner import load_scanner
+
+    scan = simulate_scan(load_scanner("baggage-dual-kvp"), np.random.default_rng(7), threat_rate=1.0).scan
+    small, scale = fit_image(detector_image(calibrate_with_scanner_profile(scan)), 320, 448)
+    assert scale < 1 and min(small.shape[:2]) == 320
+    small = np.clip(small, 30, 225)
+    # Each model pixel becomes a 4x4 block whose centre 2x2 is brighter and
+    # whose rim is darker by the same total: the block's mean is the pixel.
+    texture = np.full((4, 4), -10, np.int16)
+    texture[1:3, 1:3] = 30
+    big = (np.kron(small.astype(np.int16), np.ones((4, 4, 1), np.int16))
+           + np.tile(texture, small.shape[:2])[..., None]).astype(np.uint8)
+    np.testing.assert_array_equal(fit_image(big, 320, 448)[0], small)
+
+    detector = load_detector("contraband-fcos", device="cpu", min_score=0.05)
+    at_size, large = detector.detect_images([small, big])
+    assert at_size, "the bag holds threats the detector sees"
+    assert [(r.class_name, round(r.score, 4)) for r in large] == [(r.class_name, round(r.score, 4)) for r in at_size]
+    np.testing.assert_allclose([r.box for r in large], [np.multiply(r.box, 4) for r in at_size], atol=0.5)
+

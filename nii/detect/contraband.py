@@ -13,6 +13,7 @@ import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from torchvision.models.detection.transform import resize_boxes
@@ -23,7 +24,7 @@ from nii.detect.inputs import detector_image
 from nii.detect.regions import ModelIdentity, Region
 from nii.scan import ScanKind
 
-__all__ = ["ContrabandDetector", "build_model", "image_tensor"]
+__all__ = ["ContrabandDetector", "build_model", "image_tensor", "fit_image"]
 
 
 def build_model(model_config: Mapping[str, Any], num_classes: int, *, training: bool = False) -> torch.nn.Module:
@@ -49,6 +50,22 @@ def image_tensor(image: np.ndarray) -> torch.Tensor:
     # Planar before float: the model's normalisation and resize run ~2x
     # faster on a contiguous (3, rows, cols) tensor than on a permuted view.
     return torch.from_numpy(array).permute(2, 0, 1).contiguous().float().div_(255.0)
+
+
+def fit_image(image: np.ndarray, short: int, long: int) -> tuple[np.ndarray, float]:
+    """Shrink ``image`` so its short side is at most ``short`` and its long side
+    at most ``long``, averaging over areas; the scale applied (1.0: unchanged).
+
+    Training fits every scan this way before the model's own resize, and
+    inference must do the same: the model's bilinear resize reads only 2x2
+    pixels per output, so shrinking a 1300 px bag four-fold with it alone
+    aliases fine texture into noise the detector never saw in training.
+    """
+    scale = min(1.0, short / min(image.shape[:2]), long / max(image.shape[:2]))
+    if scale >= 1.0:
+        return image, 1.0
+    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
+    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), scale
 
 
 class ContrabandDetector:
@@ -113,18 +130,18 @@ class ContrabandDetector:
     @torch.inference_mode()
     def detect_images(self, images: Sequence[np.ndarray]) -> list[list[Region]]:
         """Regions for each of several detector images (one batch)."""
-        # The model's transform normalises, then resizes. Resizing first, with
-        # the transform's own resize, normalises ~6x fewer pixels of a bag;
-        # both steps are linear per channel, so the input is the same to
-        # float rounding. Boxes then go back to full size as the transform's
-        # postprocess would take them.
-        full = [image_tensor(image).to(self.device) for image in images]
-        small = [self.model.transform.resize(tensor)[0] for tensor in full]
+        # Shrunk as in training (fit_image), then to the exact size the
+        # model's transform picks; resizing before its normalisation also
+        # normalises ~6x fewer pixels of a bag. Boxes then go back to full
+        # size as the transform's postprocess would take them.
+        short, long = self.model.transform.min_size[-1], self.model.transform.max_size
+        small = [self.model.transform.resize(image_tensor(fit_image(image, short, long)[0]).to(self.device))[0]
+                 for image in images]
         outputs = self.model(small)
         results = []
-        for output, before, after in zip(outputs, full, small):
+        for output, image, after in zip(outputs, images, small):
             keep = output["scores"] >= self.min_score
-            boxes = resize_boxes(output["boxes"][keep], after.shape[-2:], before.shape[-2:]).cpu().numpy()
+            boxes = resize_boxes(output["boxes"][keep], after.shape[-2:], image.shape[:2]).cpu().numpy()
             scores = output["scores"][keep].cpu().numpy()
             labels = output["labels"][keep].cpu().numpy()
             results.append([

@@ -29,13 +29,12 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
 
 from nii.config import read_toml
-from nii.detect.contraband import ContrabandDetector, build_model, image_tensor
+from nii.detect.contraband import ContrabandDetector, build_model, fit_image, image_tensor
 from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_clear
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import best_device, for_inference
@@ -144,12 +143,9 @@ def training_samples(config: Mapping[str, Any], *, cache: str | os.PathLike = CA
 
 
 def _fit(image: np.ndarray, boxes: np.ndarray, short: int, long: int) -> tuple[np.ndarray, np.ndarray]:
-    """Downscale so the short side is at most ``short`` and the long at most ``long``."""
-    scale = min(1.0, short / min(image.shape[:2]), long / max(image.shape[:2]))
-    if scale >= 1.0:
-        return image, boxes
-    size = (max(1, round(image.shape[1] * scale)), max(1, round(image.shape[0] * scale)))
-    return cv2.resize(image, size, interpolation=cv2.INTER_AREA), boxes * scale
+    """:func:`~nii.detect.contraband.fit_image`, with the boxes scaled alike."""
+    image, scale = fit_image(image, short, long)
+    return image, boxes * scale if scale < 1.0 else boxes
 
 
 def flip_augment(image: np.ndarray, boxes: np.ndarray, rng: random.Random) -> tuple[np.ndarray, np.ndarray]:
