@@ -404,3 +404,36 @@ def test_inference_shrinks_a_large_scan_by_area_averaging_as_training_does():
     assert [(r.class_name, round(r.score, 4)) for r in large] == [(r.class_name, round(r.score, 4)) for r in at_size]
     np.testing.assert_allclose([r.box for r in large], [np.multiply(r.box, 4) for r in at_size], atol=0.5)
 
+
+def test_attenuation_jitter_scales_attenuation_and_keeps_white_and_black():
+    import random
+
+    from nii.detect.train import attenuation_jitter
+
+    image = np.tile(np.arange(256, dtype=np.uint8), (4, 1))[..., None].repeat(3, axis=2)
+    assert attenuation_jitter(image, 0.0, random.Random(0)) is image
+    rng, darker, lighter = random.Random(1), 0, 0
+    for _ in range(20):
+        out = attenuation_jitter(image, 0.5, rng)
+        assert out.shape == image.shape and out.dtype == np.uint8
+        assert out[0, 0, 0] == 0 and out[0, 255, 0] == 255  # no photons and open beam stay so
+        assert np.all(np.diff(out[0, :, 0].astype(int)) >= 0)  # brighter stays brighter
+        middle = int(out[0, 128, 0])
+        darker, lighter = darker + (middle < 128), lighter + (middle > 128)
+        # transmission^k with k in [1/1.5, 1.5]
+        assert 255 * (128 / 255) ** 1.5 - 1 <= middle <= 255 * (128 / 255) ** (1 / 1.5) + 1
+    assert darker and lighter
+
+
+def test_moving_average_of_the_weights_is_what_gets_published(tmp_path):
+    from nii.detect.train import train
+
+    def trained(extra: str, folder: str) -> bytes:
+        config = tmp_path / f"{folder}.toml"
+        config.write_text(TINY_CONFIG.replace("[train]", "[train]\n" + extra))
+        train(config, models_root=tmp_path / folder, max_steps=3, cache=tmp_path / "cache", progress=False)
+        return open_artifact("tiny", root=tmp_path / folder).read("weights.pt")
+
+    plain, averaged = trained("", "plain"), trained("ema_decay = 0.5", "ema")
+    assert averaged != plain
+    assert trained("ema_decay = 0.5", "again") == averaged  # still reproducible

@@ -29,6 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 import torch
 from tqdm import tqdm
@@ -41,8 +42,8 @@ from nii.detect.fcos import best_device, for_inference
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity, dicos_category
 from nii.detect.registry import MODELS_ROOT, publish_artifact
 
-__all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "learning_rate",
-           "train", "publish_trained", "card_markdown", "metrics_markdown"]
+__all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "attenuation_jitter",
+           "learning_rate", "train", "publish_trained", "card_markdown", "metrics_markdown"]
 
 CACHE = Path("runs/cache")
 
@@ -161,6 +162,23 @@ def flip_augment(image: np.ndarray, boxes: np.ndarray, rng: random.Random) -> tu
     return np.ascontiguousarray(image), boxes
 
 
+def attenuation_jitter(image: np.ndarray, spread: float, rng: random.Random) -> np.ndarray:
+    """Scale the attenuation of a rendered bag by a random factor.
+
+    Brightness in a pseudo-colour rendering follows transmission, exp(-mu t),
+    so raising it to the power k is roughly the same bag k times as thick:
+    the detector sees lighter and heavier packing than the archive holds.
+    ``k`` is log-uniform in [1/(1+spread), 1+spread]. The hue is left as it
+    is (a real thicker bag would also shift it), which is why this is an
+    augmentation, not physics.
+    """
+    if spread <= 0:
+        return image
+    k = math.exp(rng.uniform(-1.0, 1.0) * math.log1p(spread))
+    table = np.round(255.0 * (np.arange(256) / 255.0) ** k).astype(np.uint8)
+    return cv2.LUT(image, table)
+
+
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -225,6 +243,12 @@ def train(
     steps_per_epoch = max(1, len(cached) // batch)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
     warmup = min(int(train_cfg.get("warmup_steps", 200)), max(1, total // 5))
+    # An exponential moving average of the weights: long from-scratch runs
+    # end on a smoother, better model than their last noisy step.
+    ema_decay = float(train_cfg.get("ema_decay", 0.0))
+    ema = (torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay),
+                                               use_buffers=True) if ema_decay > 0 else None)
+    jitter = float(train_cfg.get("attenuation_jitter", 0.0))
     bar = tqdm(total=total, desc="train", unit="step", disable=not progress)
     step, losses = 0, []
     while step < total:
@@ -236,6 +260,7 @@ def train(
             images, targets = [], []
             for index in order[first:first + batch]:
                 image, boxes = flip_augment(cached[index][0], cached[index][1], rng)
+                image = attenuation_jitter(image, jitter, rng)
                 images.append(image_tensor(image).to(target))
                 targets.append({"boxes": torch.from_numpy(boxes).float().to(target),
                                 "labels": torch.from_numpy(cached[index][2]).to(target)})
@@ -249,6 +274,8 @@ def train(
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
             optimiser.step()
+            if ema is not None:
+                ema.update_parameters(model)
             losses.append(loss.item())
             step += 1
             bar.update(1)
@@ -256,7 +283,7 @@ def train(
     bar.close()
     train_minutes = (time.monotonic() - started) / 60
 
-    model = model.cpu().eval()
+    model = (ema.module if ema is not None else model).cpu().eval()
     name, version = model_cfg["name"], str(model_cfg["version"])
     provisional = ModelIdentity(name, version, "unpublished")
     evaluated = build_model(model_cfg, len(classes))
