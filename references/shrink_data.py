@@ -109,4 +109,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, OSError) as err:  # a bad config, model or folder: one line, no traceback
+        sys.exit(f"{Path(sys.argv[0]).name}: {err}")
