@@ -3,7 +3,9 @@
 A config is a small TOML file (see ``configs/contraband-fcos.toml``):
 
 * ``[model]``: name, version and the network (:func:`~nii.detect.contraband.build_model`);
-* ``[train]``: epochs, batch size, learning rate, seed, threads;
+* ``[train]``: epochs, batch size, learning rate, seed, threads, and for long
+  runs ``ema_decay`` (publish a moving average of the weights) and
+  ``attenuation_jitter`` (see :func:`attenuation_jitter`);
 * ``[[train.data]]``: what it learns from -- Pascal VOC/COCO/YOLO sets,
   folders of clear scans, simulated scans and TIP composites (made by the
   data engine on first use, cached under ``runs/cache/``);
