@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tomllib
-from pathlib import Path
 
 import torch
 
@@ -50,7 +48,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as err:  # a bad config, model or folder: one line, no traceback
-        sys.exit(f"{Path(sys.argv[0]).name}: {err}")
+    from recipe import run  # references/recipe.py, beside this script
+
+    run(main)

@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -109,7 +108,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, OSError) as err:  # a bad config, model or folder: one line, no traceback
-        sys.exit(f"{Path(sys.argv[0]).name}: {err}")
+    from recipe import run  # references/recipe.py, beside this script
+
+    run(main)
