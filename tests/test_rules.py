@@ -264,11 +264,15 @@ def test_pipeline_thresholds_override_the_card():
     assert detector.identity.name == "rule-explosive"
 
 
-def test_nii_train_publishes_rules_and_nii_evaluate_judges_them(tmp_path, capsys):
+def test_nii_train_publishes_rules_and_nii_evaluate_judges_them(tmp_path, capsys, monkeypatch):
+    # Away from the repository: simulated sets are cached under runs/cache of
+    # the working folder, and the scanner profiles must still be found.
+    monkeypatch.chdir(tmp_path)
     config = tmp_path / "rules.toml"
     config.write_text(
         'version = "0.1.0"\n'
-        '[sets.tiny]\nscanner = "baggage-dual-kvp"\nn = 6\nseed = 5\nthreat_rate = 1.0\n'
+        # Seed 1: two of the six bags hold shielding, so Pd is measured, not None.
+        '[sets.tiny]\nscanner = "baggage-dual-kvp"\nn = 6\nseed = 1\nthreat_rate = 1.0\n'
         '[rules.shielding]\ntargets = ["shielding"]\nsets = ["tiny"]\nparameters = { min_mass_g = 400.0 }\n'
         '[rules.opaque]\ntargets = ["shielding"]\nsets = ["tiny"]\n')
     models = tmp_path / "models"
@@ -276,9 +280,9 @@ def test_nii_train_publishes_rules_and_nii_evaluate_judges_them(tmp_path, capsys
     assert "published rule-shielding 0.1.0" in capsys.readouterr().out
     assert set(list_models(models)) == {"rule-shielding"}
     card = open_artifact("rule-shielding", root=models).card
-    assert card["parameters"]["min_mass_g"] == 400.0 and "tiny" in card["metrics"]
+    assert card["parameters"]["min_mass_g"] == 400.0 and card["metrics"]["tiny"]["n_target"] > 0
 
-    data = Path("runs/cache") / "simulated-baggage-dual-kvp-n6-seed5-threat1.0"
+    data = tmp_path / "runs" / "cache" / "simulated-baggage-dual-kvp-n6-seed1-threat1.0"
     assert main(["evaluate", str(data), "--model", "rule-shielding", "--models", str(models), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["model"] == "rule-shielding 0.1.0" and result["targets"] == ["shielding"]

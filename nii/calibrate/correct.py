@@ -32,7 +32,13 @@ import numpy as np
 
 from nii.calibrate import material as materials
 from nii.calibrate.calibrated import UNCALIBRATED, CalibratedScan, classify_zeff
-from nii.calibrate.profile import CalibrationProfile, ProfileError, default_profile_path, load_profile
+from nii.calibrate.profile import (
+    CALIBRATION_ROOT,
+    CalibrationProfile,
+    ProfileError,
+    default_profile_path,
+    load_profile,
+)
 from nii.scan import Scan, ScanKind
 
 __all__ = ["Calibrator", "calibrate_scan", "calibrate_with_scanner_profile", "calibrate_uncalibrated"]
@@ -222,10 +228,11 @@ def _scanner_calibrator(path: str, mtime_ns: int, size: int) -> Calibrator:
     return Calibrator(load_profile(path))
 
 
-def calibrate_with_scanner_profile(scan: Scan, profile_root: str | os.PathLike = "calibration") -> CalibratedScan:
+def calibrate_with_scanner_profile(scan: Scan, profile_root: str | os.PathLike = CALIBRATION_ROOT) -> CalibratedScan:
     """Calibrate ``scan`` with its scanner's profile under ``profile_root``.
 
-    The profile is ``profile_root/<scanner_id>/profile.npz``; scans with no
+    The profile is ``profile_root/<scanner_id>/profile.npz`` (the shipped
+    profiles by default, wherever the command runs); scans with no
     scanner id, or whose scanner has no profile there, take the labelled
     uncalibrated path (pseudo-colour archives: the palette estimate). This is
     how the CLI, training and evaluation all turn a scan into what the
@@ -238,7 +245,7 @@ def calibrate_with_scanner_profile(scan: Scan, profile_root: str | os.PathLike =
     return _scanner_calibrator(str(path.resolve()), stat.st_mtime_ns, stat.st_size)(scan)
 
 
-def warm_scanner_profiles(profile_root: str | os.PathLike = "calibration") -> list[str]:
+def warm_scanner_profiles(profile_root: str | os.PathLike = CALIBRATION_ROOT) -> list[str]:
     """Build the calibrator of every scanner profile under ``profile_root`` now.
 
     A service calls this at start, so the first scan of each scanner is not

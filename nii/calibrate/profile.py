@@ -27,7 +27,11 @@ from nii.ingest import ScanReadError, read_scan
 from nii.scan import Scan, ScanKind
 
 __all__ = ["PROFILE_FORMAT", "CalibrationProfile", "ProfileError", "build_profile", "load_profile", "save_profile",
-           "check_profile", "default_profile_path"]
+           "check_profile", "default_profile_path", "CALIBRATION_ROOT"]
+
+#: The shipped scanner profiles, beside the package (as ``models/`` holds the
+#: shipped models), so that reading them does not depend on the working folder.
+CALIBRATION_ROOT = Path(__file__).resolve().parents[2] / "calibration"
 
 PROFILE_FORMAT = 1
 # An element whose air signal is below this share of the median is dead;

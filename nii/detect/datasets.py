@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from nii.calibrate.correct import calibrate_with_scanner_profile
+from nii.calibrate.profile import CALIBRATION_ROOT
 from nii.detect.inputs import detector_image
 from nii.detect.regions import canonical_class
 from nii.ingest import find_scans, read_scan
@@ -196,7 +197,7 @@ def read_image_level(folder: str | os.PathLike) -> list[ImageLabel]:
 
 
 def load_sample(path: str | os.PathLike, boxes: np.ndarray | None = None,
-                profile_root: str | os.PathLike = "calibration") -> tuple[np.ndarray, np.ndarray]:
+                profile_root: str | os.PathLike = CALIBRATION_ROOT) -> tuple[np.ndarray, np.ndarray]:
     """The detector's input image for a scan file, with ``boxes`` in its pixels.
 
     The scan is read and calibrated exactly as the pipeline does; where

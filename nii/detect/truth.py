@@ -30,6 +30,7 @@ import numpy as np
 from tqdm import tqdm
 
 from nii.calibrate.correct import calibrate_with_scanner_profile
+from nii.calibrate.profile import CALIBRATION_ROOT
 from nii.detect.metrics import box_overlap
 from nii.ingest import read_scan
 
@@ -106,7 +107,7 @@ def _targets(scan: TruthScan, targets: Sequence[str], min_mass_g: float) -> tupl
 
 def evaluate_against_truth(detector: Any, scans: Sequence[TruthScan], *, targets: Sequence[str],
                            min_mass_g: float = 0.0, min_overlap: float = 0.3, progress: bool = True,
-                           profile_root: str | os.PathLike = "calibration") -> dict[str, Any]:
+                           profile_root: str | os.PathLike = CALIBRATION_ROOT) -> dict[str, Any]:
     """Scan-level Pd and Pfa of ``detector`` for ``targets``.
 
     Parameters

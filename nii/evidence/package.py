@@ -169,13 +169,13 @@ def _enclose_models(writer: _Writer, model_lines: list[str], models_root: Path |
 
 
 def _enclose_profiles(writer: _Writer, profile_ids: list[str], calibration_root: Path | None) -> list[dict[str, Any]]:
-    from nii.calibrate.profile import ProfileError, default_profile_path, load_profile
+    from nii.calibrate.profile import CALIBRATION_ROOT, ProfileError, default_profile_path, load_profile
 
     listed: list[dict[str, Any]] = []
     for profile_id in dict.fromkeys(profile_ids):
         scanner = profile_id.split("/", 1)[0]
         entry: dict[str, Any] = {"profile_id": profile_id, "enclosed": False}
-        path = default_profile_path(scanner, calibration_root or "calibration")
+        path = default_profile_path(scanner, calibration_root or CALIBRATION_ROOT)
         try:
             profile = load_profile(path)
             data = path.read_bytes()
