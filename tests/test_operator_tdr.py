@@ -252,9 +252,13 @@ def test_pydicos_reads_a_threat_the_machine_did_not_alarm_on(tmp_path):
 # -- the service ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def analysed(tmp_path_factory):
-    """A running service with the DICOS CT bag analysed: the service and the scan id."""
+    """A running service with the DICOS CT bag analysed: the service and the scan id.
+
+    One per test: each records its own decisions, and a first decision by
+    an operator must find the scan undecided, whatever ran before it.
+    """
     store = Store.open(tmp_path_factory.mktemp("data"))
     add_users(store)
     service = Service(store, ServiceConfig(workers=1, dicom_port=0))
