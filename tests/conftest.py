@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -64,6 +65,13 @@ def shared_data(name: str) -> Path:
     if not path.is_dir():
         pytest.skip(f"real data folder {path} is absent (it is never part of the project)")
     return path
+
+
+def sample_truth_box(sample: str, category: str) -> tuple[float, float, float, float]:
+    """The (x0, y0, x1, y1) box of a 2D sample scan's threat, from sample_scans/ground_truth.json."""
+    truth = json.loads((REPO / "sample_scans" / "ground_truth.json").read_text())
+    r0, c0, r1, c1 = next(t["bbox_rc"] for t in truth[sample] if t["category"] == category)
+    return (c0, r0, c1, r1)
 
 
 def dciodvfy(path: Path) -> tuple[str, list[str]]:

@@ -24,11 +24,11 @@ from nii.detect.anomaly import (
     synthetic_object,
     training_crop,
 )
-from nii.detect.metrics import localisation_metrics
+from nii.detect.metrics import box_overlap, localisation_metrics
 from nii.detect.regions import ModelIdentity
 from nii.detect.registry import MODELS_ROOT, list_models, load_detector, open_artifact
 from nii.detect.train_anomaly import check_clear_only
-from tests.conftest import REPO, shared_data
+from tests.conftest import REPO, sample_truth_box, shared_data
 
 IDENTITY = ModelIdentity("anomaly-test", "0", "0" * 64)
 SHIPPED = "anomaly"
@@ -201,7 +201,10 @@ def test_nii_train_publishes_an_anomaly_model_and_nii_evaluate_scores_it(tmp_pat
     dataset = next((tmp_path / "runs" / "cache").glob("simulated-*threat0.5"))
     assert main(["evaluate", str(dataset), "--model", "anomaly-smoke", "--models", str(models), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["model"] == "anomaly-smoke 0.0.1" and 0.0 <= result["auroc"] <= 1.0
+    assert result["model"] == "anomaly-smoke 0.0.1"
+    # The same set the card's "sim" figures were measured on, by the same model.
+    for key in ("auroc", "pd", "pfa"):
+        assert result[key] == pytest.approx(card["metrics"]["sim"][key], abs=1e-3), key
     assert set(result["localisation"]) == {"localised", "top_region_on_threat"}
     assert "map50" not in result  # a class-agnostic model has no per-class mAP
 
@@ -245,6 +248,10 @@ def test_shipped_anomaly_model_meets_the_auroc_target_on_sixray_val(shipped):
                               progress=False)
     assert result["auroc"] >= SIXRAY_AUROC_TARGET, result
     assert result["localisation"]["localised"] >= SIXRAY_LOCALISED_FLOOR, result
+    # The card's figures are what its operating point gives (1.0.0's threshold,
+    # rounded down under a clear bag's score, alarmed on one bag more).
+    card = open_artifact(SHIPPED).card["metrics"]["sixray-val"]
+    assert (result["pd"], result["pfa"]) == (pytest.approx(card["pd"], abs=1e-4), pytest.approx(card["pfa"], abs=1e-4))
 
 
 def test_shipped_anomaly_model_runs_on_a_calibrated_scan(shipped):
@@ -257,6 +264,9 @@ def test_shipped_anomaly_model_runs_on_a_calibrated_scan(shipped):
     assert regions and regions[0].model == shipped.identity
     assert regions[0].class_name == ANOMALY_CLASS and 0.0 <= regions[0].score <= 1.0
     assert all(r.score <= regions[0].score for r in regions)
+    # A region always comes back (the peak's, at least): it must lie on the
+    # bag's brick of narcotics, which the model never saw.
+    assert box_overlap(regions[0].box, sample_truth_box("bag-threat.json", "narcotics")) >= 0.5
 
 
 def test_eight_views_make_the_heat_map_follow_the_bag_when_it_is_turned():

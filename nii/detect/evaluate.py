@@ -173,7 +173,10 @@ def evaluate_sets(detector: Any, config: Mapping[str, Any], *, cache: str | os.P
         reuse[point_set] = predict(detector, samples, progress=progress, desc=f"operating point on {point_set}")
         clear_scores = [_score(p) for p, s in zip(reuse[point_set][0], samples) if not s.classes]
         threshold = threshold_at_pfa(clear_scores, pfa)
-        operating_points["default"] = {"threshold": round(threshold, 6), "pfa_target": pfa, "set_on": point_set}
+        # Stored unrounded: it sits just above a clear scan's score, and
+        # rounding it down would alarm on that scan, so the card's Pfa would
+        # not be what its operating point gives.
+        operating_points["default"] = {"threshold": threshold, "pfa_target": pfa, "set_on": point_set}
     for name, (boxed, clear) in resolved.items():
         # The operating-point set's predictions are reused, not recomputed.
         predicted = reuse.get(name) or predict(detector, boxed + clear, progress=progress)
