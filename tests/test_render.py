@@ -260,9 +260,19 @@ def test_zoom_enlarges_the_centre_region() -> None:
 
 
 def test_zoom_below_two_interpolates_within_range() -> None:
-    cal = _calibrated()
+    cal = _calibrated(noise=0.05)
+    full = render(cal)
     zoomed = render(cal, zoom=1.5, centre=(60, 80))
     assert zoomed.shape == (ROWS, COLS, 3) and zoomed.dtype == np.uint8
+    # 1.5x around the centre shows rows 20-100 and columns 27-133 (80 x 107
+    # pixels), stretched: every value lies within what those pixels hold...
+    shown = full[20:100, 27:134].reshape(-1, 3)
+    assert (zoomed.reshape(-1, 3).min(axis=0) >= shown.min(axis=0)).all()
+    assert (zoomed.reshape(-1, 3).max(axis=0) <= shown.max(axis=0)).all()
+    # ...the centre stays in the middle...
+    assert np.abs(zoomed[59:62, 79:82].astype(int) - full[60, 80].astype(int)).min() <= 8
+    # ...and, linear rather than replicated, new levels appear between pixels.
+    assert len(np.unique(zoomed.reshape(-1, 3), axis=0)) > len(np.unique(shown, axis=0))
 
 
 # ---------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from nii.scan import Scan, ScanKind
+from nii.simulate.scanner import load_scanner
 from nii.simulate.scene import SceneObject
 from nii.simulate.tip import (
     SIXRAY_PALETTE,
@@ -52,10 +53,6 @@ def _flat_dual(level: float, dark: float, shape=(120, 150), dtype=np.float64) ->
 
 
 def _scanner():
-    try:
-        from nii.simulate.scanner import load_scanner
-    except ImportError as exc:  # the scanner model lands with the simulator
-        pytest.skip(f"nii.simulate.scanner not available: {exc}")
     return load_scanner("baggage-dual-kvp")
 
 
