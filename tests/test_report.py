@@ -627,7 +627,7 @@ ACCENT_RGB = np.array([0x5A, 0xA9, 0xFF])  # --accent in style.css: the scans ba
 def web(hand_service):
     if not CHROMIUM.exists():
         pytest.skip(f"no Chromium at {CHROMIUM}")
-    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
+    from playwright import sync_api  # a test dependency: missing, this fails
     with serving(hand_service) as base_url, sync_api.sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=str(CHROMIUM))
         try:

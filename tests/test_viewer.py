@@ -18,10 +18,9 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 
-pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
-from playwright.sync_api import expect, sync_playwright  # noqa: E402
+from playwright.sync_api import expect, sync_playwright  # a test dependency; Chromium is Debian's
 
-from tests.serve_support import serving  # noqa: E402
+from tests.serve_support import serving
 
 CHROMIUM = Path("/usr/bin/chromium")
 if not CHROMIUM.exists():
