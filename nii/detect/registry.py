@@ -25,6 +25,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,10 @@ __all__ = [
 MODELS_ROOT = Path(__file__).resolve().parents[2] / "models"
 SUMS = "SHA256SUMS"
 INDEX = "registry.json"
+# A model is published to <root>/<name>/<version>: neither may climb out of
+# the registry (a config's version = "../.." would empty the folder above it).
+_MODEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+_MODEL_VERSION = re.compile(r"\d{1,6}\.\d{1,6}\.\d{1,6}")
 
 
 class ModelArtifactError(ValueError):
@@ -152,6 +157,21 @@ def open_artifact(name: str, version: str | None = None, root: str | os.PathLike
     return ModelArtifact(folder, ModelIdentity(name, version, expected), card, files)
 
 
+def check_model_identity(name: object, version: object) -> None:
+    """Refuse a model name or version that is not a plain folder name.
+
+    Raises
+    ------
+    ValueError
+        One line: names are letters, digits, ``-`` and ``_``; versions are
+        ``MAJOR.MINOR.PATCH``.
+    """
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name):
+        raise ValueError(f"model name {name!r} must be letters, digits, '-' and '_' (at most 64)")
+    if not isinstance(version, str) or not _MODEL_VERSION.fullmatch(version):
+        raise ValueError(f"model version {version!r} must be MAJOR.MINOR.PATCH numbers, like 1.2.0")
+
+
 def publish_artifact(
     name: str,
     version: str,
@@ -165,7 +185,14 @@ def publish_artifact(
 
     ``files`` holds everything but the card (weights, config...). The card
     gets ``name``/``version`` set. Re-publishing a version replaces it.
+
+    Raises
+    ------
+    ValueError
+        A name or version that is not a plain folder name (``MAJOR.MINOR.PATCH``
+        for versions), before anything is written.
     """
+    check_model_identity(name, version)
     root = Path(root)
     folder = root / name / version
     folder.mkdir(parents=True, exist_ok=True)

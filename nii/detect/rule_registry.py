@@ -19,7 +19,7 @@ from typing import Any
 
 from nii.config import read_toml
 from nii.detect.evaluate import round_metrics
-from nii.detect.registry import MODELS_ROOT, publish_artifact
+from nii.detect.registry import MODELS_ROOT, check_model_identity, publish_artifact
 from nii.detect.regions import ModelIdentity, dicos_category
 from nii.detect.rules import RuleDetector, build_rule
 from nii.detect.train import CACHE, metrics_markdown, simulated_set
@@ -45,6 +45,10 @@ def load_rules_config(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check a rules config: every rule known, its thresholds and sets valid."""
     path = Path(path)
     config = read_toml(path, "the rules config")
+    for table in ("sets", "rules"):
+        value = config.get(table, {})
+        if not isinstance(value, dict) or not all(isinstance(entry, dict) for entry in value.values()):
+            raise ValueError(f"{path}: {table} must be tables, [{table}.<name>]")
     sets = config.get("sets", {})
     for name, entry in config.get("rules", {}).items():
         build_rule(name, entry.get("parameters"))  # unknown rule or threshold: a clear error now
@@ -55,6 +59,11 @@ def load_rules_config(path: str | os.PathLike) -> dict[str, Any]:
             raise ValueError(f"{path}: rule {name!r} needs targets (what its Pd is measured on)")
     if "version" not in config:
         raise ValueError(f"{path}: the rules config needs a version")
+    for name, entry in config.get("rules", {}).items():
+        try:
+            check_model_identity(f"rule-{name}", str(entry.get("version", config["version"])))
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
     return config
 
 

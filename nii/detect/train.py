@@ -42,7 +42,7 @@ from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_c
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import best_device, for_inference
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity, dicos_category
-from nii.detect.registry import MODELS_ROOT, publish_artifact
+from nii.detect.registry import MODELS_ROOT, check_model_identity, publish_artifact
 
 __all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "attenuation_jitter",
            "learning_rate", "train", "publish_trained", "card_markdown", "metrics_markdown"]
@@ -55,10 +55,15 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     config = read_toml(path, "the training config")
     for key in ("model", "train"):
-        if key not in config:
+        if not isinstance(config.get(key), dict):
             raise ValueError(f"{path}: the config needs a [{key}] table")
-    if not config["train"].get("data"):
-        raise ValueError(f"{path}: the config needs at least one [[train.data]] entry")
+    try:  # checked now, not after an hour of training
+        check_model_identity(config["model"].get("name"), config["model"].get("version"))
+    except ValueError as err:
+        raise ValueError(f"{path}: [model] {err}") from None
+    data = config["train"].get("data")
+    if not data or not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
+        raise ValueError(f"{path}: the config needs at least one [[train.data]] table")
     return config
 
 
