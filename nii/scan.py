@@ -196,6 +196,12 @@ class Scan:
         view.flags.writeable = False
         set_(self, "counts", view)
 
+        for name, value in (("modality", self.modality), ("scan_id", self.scan_id), ("scanner_id", self.scanner_id)):
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+        # The scanner id names its profile's folder (calibration/<scanner_id>/).
+        if self.scanner_id and (self.scanner_id in (".", "..") or any(c in self.scanner_id for c in "/\\\0")):
+            raise ValueError(f"scanner_id must not be a path, got {self.scanner_id!r}")
         set_(self, "modality", (self.modality or DEFAULT_MODALITY[kind]).upper())
         if self.spacing_mm is not None:
             spacing = tuple(float(s) for s in self.spacing_mm)

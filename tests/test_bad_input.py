@@ -90,6 +90,9 @@ def test_sidecar_that_does_not_match_the_byte_count(tmp_path: Path) -> None:
         ({"data_file": "missing.raw"}, "missing.raw"),
         ({"spacing_mm": [0, 1]}, "spacing_mm"),
         ({"acquired_at": "yesterday"}, "acquired_at"),
+        ({"scan_id": 5}, "scan_id must be a string"),
+        ({"scanner_id": ["lane-3"]}, "scanner_id must be a string"),
+        ({"scanner_id": "../../tmp"}, "scanner_id must not be a path"),
     ],
 )
 def test_bad_sidecar_values_are_named(tmp_path: Path, change: dict, expected: str) -> None:

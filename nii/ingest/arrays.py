@@ -71,7 +71,7 @@ def scan_from_array(
     try:
         return Scan.from_header(array, header, kind=kind, source_format=source_format, source_path=source_path)
     except (TypeError, ValueError) as exc:
-        raise CorruptScanError(f"pixels do not fit the scan header: {exc}") from None
+        raise CorruptScanError(f"the scan header does not fit its pixels or is malformed: {exc}") from None
 
 
 def _npy_header(fp: Any) -> tuple[tuple[int, ...], np.dtype]:
