@@ -365,3 +365,25 @@ def test_unknown_engine_and_locked_results_are_refused(finished, tmp_path):
             run_batch([finished["folder"]], tmp_path / "r2", config=finished["config"], progress=False)
     finally:
         held.close()
+
+
+def test_a_folder_that_is_not_a_results_folder_is_left_alone(finished, tmp_path):
+    """--out pointed at someone's folder: refused, nothing in it overwritten or deleted."""
+    mine = tmp_path / "notes"
+    (mine / "parts").mkdir(parents=True)
+    (mine / "parts" / "draft.txt").write_text("mine")
+    (mine / "scans.parquet").write_text("not a table")
+    with pytest.raises(ResultsError, match="not a batch run's RESULTS"):
+        run_batch([finished["folder"]], mine, config=finished["config"], progress=False)
+    assert (mine / "parts" / "draft.txt").read_text() == "mine"
+    assert (mine / "scans.parquet").read_text() == "not a table"
+
+
+@pytest.mark.parametrize("line", ['[1, 2]', '{"event": "part"}', '{"event": "part", "part": "x", "scans": 3}'])
+def test_a_manifest_line_that_is_no_record_is_refused_in_one_line(finished, tmp_path, line):
+    results = tmp_path / "r"
+    shutil.copytree(finished["results"], results)
+    with (results / MANIFEST).open("a") as manifest:
+        manifest.write(line + "\n")
+    with pytest.raises(ResultsError, match=r"line \d+ is not a manifest record"):
+        run_batch([finished["folder"]], results, config=finished["config"], progress=False)

@@ -193,6 +193,15 @@ class Manifest:
             pipeline, or its manifest is damaged before its last line.
         """
         folder = Path(folder)
+        # Only a batch run's own RESULTS is carried on (and its strays tidied):
+        # any other folder's files are not ours to overwrite or delete.
+        if folder.is_dir() and not (folder / MANIFEST).exists():
+            strays = sorted(p.name for p in folder.iterdir() if p.name not in (PARTS, ".lock", ".todo"))
+            strays += [f"{PARTS}/{p.name}" for p in (folder / PARTS).glob("*")] if (folder / PARTS).is_dir() else []
+            if strays:
+                raise ResultsError(f"{folder} is not a batch run's RESULTS (no {MANIFEST}) and holds "
+                                   f"{', '.join(strays[:3])}{'...' if len(strays) > 3 else ''}; "
+                                   "use a new or empty --out")
         (folder / PARTS).mkdir(parents=True, exist_ok=True)
         lock = open(folder / ".lock", "wb")
         try:
@@ -225,8 +234,12 @@ class Manifest:
                             raise ResultsError(f"{path}: line {number} is damaged; the manifest cannot be "
                                                "trusted, so neither can RESULTS") from None
                         break
+                    try:
+                        self._replay(record, digests)
+                    except (AttributeError, KeyError, TypeError, ValueError):
+                        raise ResultsError(f"{path}: line {number} is not a manifest record; the manifest "
+                                           "cannot be trusted, so neither can RESULTS") from None
                     good_bytes += len(line)
-                    self._replay(record, digests)
             if good_bytes < path.stat().st_size:  # a line torn by a kill: its part is an orphan
                 with path.open("r+b") as manifest:
                     manifest.truncate(good_bytes)
