@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -130,7 +131,12 @@ def cmd_render(args: argparse.Namespace) -> int:
         rgb = render(calibrated, tool=args.tool, window=tuple(args.window) if args.window else None)
         # The whole name (suffix too), so bag.jpg and bag.png do not overwrite each other.
         target = out / f"{Path(source.path).name.replace('.', '-')}-{args.tool}.png"
-        cv2.imwrite(str(target), cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        # Encoded here and written by Python: a failed write raises with its
+        # reason, where cv2.imwrite only returns False.
+        encoded, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        if not encoded:
+            raise ValueError(f"{target}: OpenCV could not encode the rendering as PNG")
+        target.write_bytes(png.tobytes())
         print(f"{target}  {calibrated.profile_id}")
     return 1 if refused else 0
 
@@ -317,10 +323,22 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return serve(args.data, _service_config(args), database_url=args.database, samples=args.samples or ())
 
 
-def _open_store(args: argparse.Namespace):
+def _open_store(args: argparse.Namespace, *, existing: bool = False):
+    """The store of ``--data``; with ``existing``, one that is already there.
+
+    Commands that only read (audit, report, evidence) must not make a new,
+    empty store out of a mistyped --data and report on it.
+    """
     from nii.serve.store import Store
 
+    if existing:
+        _check_data_folder(args)
     return Store.open(args.data, args.database)
+
+
+def _check_data_folder(args: argparse.Namespace) -> None:
+    if getattr(args, "database", None) is None and not (Path(args.data) / "nii.sqlite3").is_file():
+        raise ValueError(f"{args.data}: not an nii data folder (no nii.sqlite3); check --data")
 
 
 def cmd_users(args: argparse.Namespace) -> int:
@@ -350,7 +368,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
     from nii.serve.audit import AuditEntry, verify_chain
     from nii.serve.store import audit as audit_table
 
-    store = _open_store(args)
+    store = _open_store(args, existing=True)
     with store.engine.connect() as conn:
         rows = conn.execution_options(yield_per=1000).execute(audit_table.select().order_by(audit_table.c.seq))
         checked, broken = verify_chain(AuditEntry(**row._mapping) for row in rows)
@@ -372,7 +390,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.timezone:
         config = dataclasses.replace(config, timezone=args.timezone)
     period = parse_period(args.start, args.end, timezone=config.timezone)
-    with _open_store(args).read() as conn:
+    with _open_store(args, existing=True).read() as conn:
         report = build_report(conn, period, by=args.by, config=config)
     tables = [args.table] if args.table else list(TABLES)
     if args.format == "json":
@@ -391,6 +409,7 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     from nii.evidence import export_case, load_private_key, site_key
     from nii.pipeline import load_pipeline_config
 
+    _check_data_folder(args)  # before a mistyped --data gets a new site key
     key = load_private_key(args.key) if args.key else site_key(args.data)
     config = load_pipeline_config(args.pipeline)
     store = _open_store(args)
@@ -430,6 +449,8 @@ def cmd_evidence_key(args: argparse.Namespace) -> int:
     from nii.evidence import fingerprint, load_private_key, site_key
     from nii.evidence.keys import public_pem
 
+    if not args.key:
+        _check_data_folder(args)  # a mistyped --data must not make a new key "for publishing"
     key = (load_private_key(args.key) if args.key else site_key(args.data)).public_key()
     sys.stdout.write(public_pem(key).decode())
     print(f"fingerprint {fingerprint(key)}")
@@ -692,14 +713,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         warnings.simplefilter("ignore")
     try:
         return args.run(args)
+    except BrokenPipeError:  # `nii info ... | head` closed the pipe (an OSError: caught first)
+        # Python would fail again flushing stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except (ValueError, OSError) as err:  # bad values the library found, or an unwritable --out
-        print(f"nii {args.command}: error: {err}", file=sys.stderr)
+        print(f"nii {args.command}: error: {_one_line(err)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except BrokenPipeError:  # `nii info ... | head` closed the pipe
-        return 0
+    except Exception as err:  # an input no check foresaw: still one line; NII_DEBUG=1 shows the traceback
+        if os.environ.get("NII_DEBUG"):
+            raise
+        print(f"nii {args.command}: error: unexpected {type(err).__name__}: {_one_line(err)} "
+              "(NII_DEBUG=1 shows where)", file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
 
 
 if __name__ == "__main__":

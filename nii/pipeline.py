@@ -105,25 +105,44 @@ def load_pipeline_config(path: str | os.PathLike | None = None) -> PipelineConfi
     unknown = sorted(set(raw) - {"models_root", "calibration_root", "decision", "fusion", "models"})
     if unknown:
         raise ValueError(f"{path}: unknown settings {', '.join(unknown)}")
-    models = raw.get("models", {})
+    models = _table(path, raw, "models")
     if not models:
         raise ValueError(f"{path}: names no [models.<name>] to run")
-    choices = tuple(_model_choice(path, name, table) for name, table in models.items())
+    choices = tuple(_model_choice(path, name, _table(path, models, name, f"models.{name}"))
+                    for name in models)
     try:
-        min_overlap = float(raw.get("fusion", {}).get("min_overlap", 0.3))
+        min_overlap = float(_table(path, raw, "fusion").get("min_overlap", 0.3))
     except (TypeError, ValueError):
         raise ValueError(f"{path}: fusion.min_overlap must be a number") from None
     if not 0.0 < min_overlap <= 1.0:
         raise ValueError(f"{path}: fusion.min_overlap must lie in (0, 1], got {min_overlap}")
+    for key in ("models_root", "calibration_root"):
+        if not isinstance(raw.get(key, ""), str):
+            raise ValueError(f"{path}: {key} must be a path (a string)")
     here = path.resolve().parent
     return PipelineConfig(
         models=choices,
         models_root=here / raw.get("models_root", "../models"),
         calibration_root=here / raw.get("calibration_root", "../calibration"),
-        operating_point=str(raw.get("decision", {}).get("operating_point", "default")),
+        operating_point=str(_table(path, raw, "decision").get("operating_point", "default")),
         min_overlap=min_overlap,
         source=path,
     )
+
+
+def _table(path: Path, parent: Mapping[str, Any], key: str, where: str | None = None) -> Mapping[str, Any]:
+    """``parent[key]`` (empty when absent), refused in one line unless it is a TOML table."""
+    value = parent.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{path}: {where or key} must be a table ([{where or key}]), not {value!r}")
+    return value
+
+
+def _names(path: Path, value: Any, where: str, example: str) -> tuple[str, ...]:
+    """A list of strings from the config, refused in one line otherwise."""
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{path}: {where} must be a list of names, like [\"{example}\"], not {value!r}")
+    return tuple(value)
 
 
 def _model_choice(path: Path, name: str, table: Mapping[str, Any]) -> ModelChoice:
@@ -134,6 +153,7 @@ def _model_choice(path: Path, name: str, table: Mapping[str, Any]) -> ModelChoic
                          f"(known: {', '.join(sorted(known))})")
     kinds = table.get("scan_kinds")
     if kinds is not None:
+        kinds = _names(path, kinds, f"models.{name}.scan_kinds", "dual_energy")
         bad = [k for k in kinds if k not in _SCAN_KINDS]
         if bad:
             raise ValueError(f"{path}: models.{name}.scan_kinds has {', '.join(bad)}; kinds are "
@@ -145,9 +165,9 @@ def _model_choice(path: Path, name: str, table: Mapping[str, Any]) -> ModelChoic
     return ModelChoice(
         name=name,
         version=str(table["version"]) if "version" in table else None,
-        options=dict(table.get("options", {})),
-        scan_kinds=tuple(kinds) if kinds is not None else None,
-        skip_scanners=tuple(table.get("skip_scanners", ())),
+        options=dict(_table(path, table, "options", f"models.{name}.options")),
+        scan_kinds=kinds,
+        skip_scanners=_names(path, table.get("skip_scanners", []), f"models.{name}.skip_scanners", "cargo-linac"),
         alarm_thresholds=thresholds,
     )
 
@@ -245,7 +265,11 @@ class Pipeline:
             except (ModelArtifactError, TypeError, ValueError) as err:
                 raise ValueError(f"pipeline model {choice.name}: {' '.join(str(err).split())}") from None
             self.detectors.append((choice, detector))
-            point = artifact.card.get("operating_points", {}).get(config.operating_point)
+            points = artifact.card.get("operating_points", {})
+            point = points.get(config.operating_point)
+            if points and point is None:  # a learned model without it would alarm on every region
+                raise ValueError(f"pipeline model {choice.name}: its card has no operating point "
+                                 f"{config.operating_point!r} (it has {', '.join(sorted(points))})")
             by_class = {"*": float(point["threshold"])} if point else {}
             by_class.update(choice.alarm_thresholds)
             if by_class:

@@ -104,3 +104,81 @@ def test_walking_calibration_folders_lists_only_scans(capsys: pytest.CaptureFixt
     assert main(["info", str(REPO / "calibration" / "baggage-dual-kvp")]) == 0
     out = capsys.readouterr().out
     assert "REFUSED" not in out and "profile.npz" not in out and "air.json" in out
+
+
+# -- what a user gets wrong, beyond the scans themselves -----------------------------
+
+
+def _one_error_line(capsys: pytest.CaptureFixture[str], *expected: str) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert all(text in err for text in expected), err
+    return err
+
+
+@pytest.mark.parametrize(("config", "expected"), [
+    ('decision = "x"\n[models.anomaly]\n', "decision must be a table"),
+    ("[models]\nanomaly = 1\n", "models.anomaly must be a table"),
+    ('[models.anomaly]\nscan_kinds = "pseudo_colour"\n', "scan_kinds must be a list of names"),
+    ("[models.anomaly]\nskip_scanners = 5\n", "skip_scanners must be a list of names"),
+    ("[models.anomaly]\noptions = 5\n", "options must be a table"),
+    ("models_root = 5\n[models.anomaly]\n", "models_root must be a path"),
+    ('[decision]\noperating_point = "nope"\n[models.anomaly]\n', "no operating point 'nope'"),
+])
+def test_a_pipeline_config_of_the_wrong_shape_is_one_line(tmp_path, capsys, config, expected):
+    path = REPO / "configs" / f".test-{os.getpid()}.toml"  # beside the shipped one, for its relative roots
+    path.write_text(config)
+    try:
+        assert main(["analyze", str(REPO / "sample_scans" / "bag-clear.json"), "--out", str(tmp_path),
+                     "--config", str(path)]) == 2
+    finally:
+        path.unlink()
+    _one_error_line(capsys, expected)
+    assert not any(tmp_path.iterdir())  # refused before analysing anything
+
+
+@pytest.mark.parametrize("version", ["../..", "1.0", "1.0.0/x"])
+def test_a_model_version_that_is_not_a_folder_name_is_refused_before_training(tmp_path, capsys, version):
+    (tmp_path / "precious.txt").write_text("keep me")
+    config = tmp_path / "rules.toml"
+    config.write_text(f'version = "{version}"\n[sets.tiny]\nscanner = "baggage-dual-kvp"\nn = 1\nseed = 1\n'
+                      '[rules.opaque]\ntargets = ["shielding"]\nsets = ["tiny"]\n')
+    assert main(["train", str(config), "--models", str(tmp_path / "models"), "--quiet"]) == 2
+    _one_error_line(capsys, "must be MAJOR.MINOR.PATCH")
+    assert (tmp_path / "precious.txt").read_text() == "keep me" and not (tmp_path / "models").exists()
+
+
+def test_render_into_an_unwritable_folder_fails_instead_of_claiming_the_file(tmp_path, capsys):
+    blocker = tmp_path / "bag-clear-json-colour.png"
+    blocker.mkdir()  # the file's name is taken by a folder
+    assert main(["render", str(REPO / "sample_scans" / "bag-clear.json"), "--out", str(tmp_path)]) == 2
+    _one_error_line(capsys, "bag-clear-json-colour.png")
+
+
+@pytest.mark.parametrize("command", [["audit", "verify"], ["report", "--from", "2026-01-01", "--to", "2026-01-02"],
+                                     ["evidence", "key"]])
+def test_reading_commands_refuse_a_mistyped_data_folder(tmp_path, capsys, command):
+    typo = tmp_path / "dta"
+    assert main([*command, "--data", str(typo)]) == 2
+    _one_error_line(capsys, "not an nii data folder")
+    assert not typo.exists()  # no new, empty store (or site key) was made there
+
+
+def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):
+    import nii.cli
+
+    def broken(args):
+        raise KeyError("surprise")
+
+    monkeypatch.setattr(nii.cli, "cmd_models", broken)  # build_parser binds it when main runs
+    assert main(["models"]) == 1
+    _one_error_line(capsys, "unexpected KeyError", "NII_DEBUG=1")
+    monkeypatch.setenv("NII_DEBUG", "1")
+    with pytest.raises(KeyError):
+        main(["models"])
+
+
+def test_a_closed_pipe_ends_quietly():
+    process = subprocess.run(f"{sys.executable} -m nii.cli info sample_scans sample_scans sample_scans | head -1",
+                             shell=True, capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert process.stdout.count("\n") == 1 and process.stderr == ""
