@@ -214,6 +214,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nii.detect.train import load_config, train
     from nii.detect.train_anomaly import is_anomaly_config, train_anomaly
 
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():  # said now, not after the training data has loaded
+            raise ValueError("--device cuda: this machine has no CUDA GPU (leave --device out to use what there is)")
     if is_rules_config(args.config):  # rules learn nothing: evaluate them and publish
         identities = publish_rules(args.config, models_root=args.models or MODELS_ROOT, only=args.only,
                                    progress=not args.quiet)
@@ -457,6 +462,17 @@ def cmd_evidence_key(args: argparse.Namespace) -> int:
     return 0
 
 
+def _port(text: str) -> int:
+    """A TCP port for argparse: refused in the usage line, before anything starts."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
+    return port
+
+
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -633,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="run the operator service: viewer, API, DICOM SCP, hot folder")
     _data_options(serve)
     serve.add_argument("--host", help="address to listen on (default from the service config: 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="HTTP port (default 8000)")
-    serve.add_argument("--dicom-port", type=int, help="DICOM C-STORE port (default 11112; 0 for none)")
+    serve.add_argument("--port", type=_port, help="HTTP port (default 8000)")
+    serve.add_argument("--dicom-port", type=_port, help="DICOM C-STORE port (default 11112; 0 for none)")
     serve.add_argument("--workers", type=_positive_int, help="analysis workers (default 2)")
     serve.add_argument("--hot-folder", help="folder scanners drop files into")
     serve.add_argument("--service-config", help="service config (default: configs/service.toml)")

@@ -182,3 +182,23 @@ def test_a_closed_pipe_ends_quietly():
     process = subprocess.run(f"{sys.executable} -m nii.cli info sample_scans sample_scans sample_scans | head -1",
                              shell=True, capture_output=True, text=True, cwd=REPO, timeout=120)
     assert process.stdout.count("\n") == 1 and process.stderr == ""
+
+
+@pytest.mark.parametrize("option", ["--port", "--dicom-port"])
+@pytest.mark.parametrize("value", ["-1", "70000", "http"])
+def test_serve_refuses_a_port_that_cannot_be_before_starting(tmp_path, capsys, option, value):
+    with pytest.raises(SystemExit) as stop:
+        main(["serve", "--data", str(tmp_path / "data"), option, value])
+    assert stop.value.code == 2 and option in capsys.readouterr().err
+    assert not (tmp_path / "data").exists()  # nothing made: no store, no first admin password
+
+
+def test_training_on_cuda_without_a_gpu_is_one_line_before_any_work(tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["train", str(REPO / "configs" / "anomaly.toml"), "--device", "cuda",
+                 "--models", str(tmp_path)]) == 2
+    _one_error_line(capsys, "no CUDA GPU")
+    assert not any(tmp_path.iterdir())
