@@ -19,13 +19,16 @@ Method, in one run, side by side:
    ceiling: cores that share caches and memory bandwidth do not scale
    perfectly), so the engine's own cost shows apart from the machine's.
 3. **Batch rate.** ``nii batch run`` (the library call, manifest commits
-   and all) over the archive with each engine, ``--repeats`` times,
-   interleaved. Each scan's record is timestamped as it comes back; the
+   and all) over the archive with each engine. Each scan's record is timestamped as it comes back; the
    steady rate is the slope through them, leaving out the first two per
    worker, so that starting the workers and loading the models (once per
    run, however long the archive) is reported apart: a months-long
    archive sees the steady rate.
-4. **Figures.** Medians, and each target met or not.
+4. **Rounds.** Steps 2 and 3 make one round; ``--repeats`` rounds run one
+   after the other, so a busy moment on this shared machine hurts a
+   round's reference and its engines alike.
+5. **Figures.** Median rates, and each ratio as the median of the rounds'
+   own ratios; each target met or not.
 
 Run: ``.venv/bin/python benchmarks/bench_batch.py`` (the ray rows need
 ``pip install 'ray[data]'``; they are left out without it).
@@ -139,42 +142,48 @@ def main(args: argparse.Namespace) -> None:
         folder = Path(tmp)
         archive = write_archive(folder, scans=args.scans, distinct=args.distinct)
         print(f"archive: {args.scans} baggage scans 1024x768 (NPZ, {args.distinct} distinct); "
-              f"{workers} workers on {cores} cores; medians of {args.repeats} runs")
+              f"{workers} workers on {cores} cores; medians of {args.repeats} rounds")
 
-        single = in_fresh_process(single_scan_rate, args.single_repeats, None)
         share = max(1, cores // workers)
-        single_share = in_fresh_process(single_scan_rate, args.single_repeats, share)
-        # Longer runs, so that the W timed phases overlap despite uneven start-ups.
-        side_by_side = in_fresh_processes(workers, single_scan_rate, 3 * args.single_repeats, share)
-        ceiling = sum(r["scans_per_s"] for r in side_by_side)
-
         runs: dict[str, list[dict[str, float]]] = {engine: [] for engine in engines}
-        for _ in range(args.repeats):  # interleaved, so a busy moment hurts every engine alike
+        singles, shares, ceilings = [], [], []
+        # Each round measures every reference and every engine, so a busy
+        # moment on this shared machine hurts them alike; the ratios are
+        # taken per round, then their median.
+        for _ in range(args.repeats):
+            singles.append(in_fresh_process(single_scan_rate, args.single_repeats, None)["scans_per_s"])
+            shares.append(in_fresh_process(single_scan_rate, args.single_repeats, share)["scans_per_s"])
+            # Longer runs, so that the W timed phases overlap despite uneven start-ups.
+            side_by_side = in_fresh_processes(workers, single_scan_rate, 3 * args.single_repeats, share)
+            ceilings.append(sum(r["scans_per_s"] for r in side_by_side))
             for engine in engines:
                 runs[engine].append(timed_run(archive, engine, workers, folder / "results"))
     rows = {engine: {key: statistics.median(r[key] for r in done) for key in done[0]}
             for engine, done in runs.items()}
+    local_rates = [r["rate"] for r in runs["local"]]
 
-    print(f"\nsingle-scan pipeline (nii bench baggage), torch on {cores} cores: {single['scans_per_s']:.2f} scans/s "
-          f"(p50 {single['p50_ms']:.0f} ms)")
-    print(f"single-scan pipeline, torch on {share} core(s), one worker's share: {single_share['scans_per_s']:.2f} "
-          f"scans/s (p50 {single_share['p50_ms']:.0f} ms)")
+    def ratio(references: list[float], per_worker: int = workers) -> float:
+        return statistics.median(rate / (reference * per_worker) for rate, reference in zip(local_rates, references))
+
+    single, single_share, ceiling = (statistics.median(v) for v in (singles, shares, ceilings))
+
+    print(f"\nsingle-scan pipeline (nii bench baggage), torch on {cores} cores: {single:.2f} scans/s")
+    print(f"single-scan pipeline, torch on {share} core(s), one worker's share: {single_share:.2f} scans/s")
     print(f"{workers} of those at once, in {workers} processes: {ceiling:.2f} scans/s together "
-          f"(the machine's ceiling for {workers} workers: {ceiling / single_share['scans_per_s']:.2f}x one)")
+          f"(the machine's ceiling for {workers} workers: {ceiling / single_share:.2f}x one)")
     print(f"\n{'engine':<7} {'wall s':>7} {'start-up s':>10} {'steady scans/s':>14} {'whole run scans/s':>17}")
     for engine, row in rows.items():
         print(f"{engine:<7} {row['wall_s']:>7.1f} {row['start_s']:>10.1f} {row['rate']:>14.2f} "
               f"{args.scans / row['wall_s']:>17.2f}")
 
-    local = rows["local"]["rate"]
-    print()
-    for label, rate in (("nii bench baggage", single["scans_per_s"]), ("one worker's share", single_share["scans_per_s"])):
-        ratio = local / (rate * workers)
-        print(f"local steady rate vs {label} x {workers} workers: {ratio:.0%} "
-              f"(target >= 90 %: {'met' if ratio >= 0.9 else 'NOT met'})")
-    print(f"local steady rate vs the machine's ceiling ({workers} benchmarks at once): {local / ceiling:.0%}")
+    print(f"\nratios: medians of the {args.repeats} rounds' own ratios")
+    for label, references in (("nii bench baggage", singles), ("one worker's share", shares)):
+        value = ratio(references)
+        print(f"local steady rate vs {label} x {workers} workers: {value:.0%} "
+              f"(target >= 90 %: {'met' if value >= 0.9 else 'NOT met'})")
+    print(f"local steady rate vs the machine's ceiling ({workers} benchmarks at once): {ratio(ceilings, 1):.0%}")
     if "ray" in rows:
-        overhead = local / rows["ray"]["rate"] - 1.0
+        overhead = statistics.median(a["rate"] / b["rate"] for a, b in zip(runs["local"], runs["ray"])) - 1.0
         print(f"ray overhead vs local, steady rate: {overhead:+.0%} (target <= 20 %: "
               f"{'met' if overhead <= 0.2 else 'NOT met'}); start-up {rows['ray']['start_s']:.1f} s "
               f"vs {rows['local']['start_s']:.1f} s")
@@ -185,7 +194,7 @@ if __name__ == "__main__":
     parser.add_argument("--scans", type=int, default=60, help="scans in the archive (default %(default)s)")
     parser.add_argument("--distinct", type=int, default=8, help="distinct simulated bags (default %(default)s)")
     parser.add_argument("--workers", type=int, help="workers for both engines (default: the cores)")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per engine and size (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds, each timing every reference and engine once (default %(default)s)")
     parser.add_argument("--single-repeats", type=int, default=20,
                         help="scans timed for the single-scan rate (default %(default)s, as nii bench)")
     main(parser.parse_args())
