@@ -170,6 +170,12 @@ def test_cli_build_check_and_render(tmp_path: Path) -> None:
     broken.write_bytes(b"not a profile")
     bad = run_cli("calibrate", "check", str(broken))
     assert bad.returncode == 2 and "not a readable calibration profile" in bad.stderr
+    # build replaces a profile, never another file (and leaves no partial file behind)
+    over = run_cli("calibrate", "build", "--scanner", "baggage-dual-kvp", "--out", str(broken))
+    assert over.returncode == 2 and "is not a calibration profile" in over.stderr
+    assert broken.read_bytes() == b"not a profile"
+    again = run_cli("calibrate", "build", "--scanner", "baggage-dual-kvp", "--out", str(tmp_path / "p.npz"))
+    assert again.returncode == 0 and not list(tmp_path.glob(".*.part"))
     rendered = run_cli("render", str(REPO / "sample_scans" / "bag-threat.json"), "--out", str(tmp_path / "r"),
                        "--profile", str(tmp_path / "p.npz"))
     assert rendered.returncode == 0, rendered.stderr

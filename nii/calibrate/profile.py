@@ -168,13 +168,31 @@ def default_profile_path(scanner_id: str, root: str | os.PathLike = "calibration
 
 
 def save_profile(profile: CalibrationProfile, path: str | os.PathLike) -> Path:
-    """Write ``profile`` as one ``.npz`` (arrays, JSON header, content hash)."""
+    """Write ``profile`` as one ``.npz`` (arrays, JSON header, content hash).
+
+    Only a profile is replaced, and never half-written: the file goes in
+    whole by a rename, so a scanner lane reading it meanwhile sees the old
+    profile or the new one.
+
+    Raises
+    ------
+    ProfileError
+        ``path`` holds something that is not a calibration profile.
+    """
     path = Path(path)
+    if path.exists():
+        try:
+            load_profile(path)
+        except (ValueError, OSError):  # ProfileError is a ValueError; a folder is an OSError
+            raise ProfileError(f"{path} exists and is not a calibration profile; it is left alone "
+                               "(choose another --out)") from None
     path.parent.mkdir(parents=True, exist_ok=True)
     header = {**profile._header(), "content_hash": profile.content_hash}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, header=np.array(json.dumps(header, sort_keys=True)), **profile._arrays())
-    path.write_bytes(buffer.getvalue())
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_bytes(buffer.getvalue())
+    partial.replace(path)
     return path
 
 
