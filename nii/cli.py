@@ -462,17 +462,6 @@ def cmd_evidence_key(args: argparse.Namespace) -> int:
     return 0
 
 
-def _port(text: str) -> int:
-    """A TCP port for argparse: refused in the usage line, before anything starts."""
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port {port} is outside 0-65535")
-    return port
-
-
 def _rate(text: str) -> float:
     try:
         value = float(text)
@@ -483,14 +472,24 @@ def _rate(text: str) -> float:
     return value
 
 
-def _positive_int(text: str) -> int:
+def _whole_number(text: str, low: int, high: int | None = None) -> int:
+    """An argparse value: a bad one is refused in the usage line, before anything starts."""
     try:
         value = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value < low or (high is not None and value > high):
+        limits = f"within {low}-{high}" if high is not None else f"at least {low}"
+        raise argparse.ArgumentTypeError(f"must be {limits}, got {value}")
     return value
+
+
+def _positive_int(text: str) -> int:
+    return _whole_number(text, 1)
+
+
+def _port(text: str) -> int:
+    return _whole_number(text, 0, 65535)
 
 
 def _data_options(parser: argparse.ArgumentParser) -> None:
