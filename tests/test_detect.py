@@ -440,3 +440,18 @@ def test_moving_average_of_the_weights_is_what_gets_published(tmp_path):
     plain, averaged = trained("", "plain"), trained("ema_decay = 0.5", "ema")
     assert averaged != plain
     assert trained("ema_decay = 0.5", "again") == averaged  # still reproducible
+
+
+@pytest.mark.parametrize(("files", "layout"), [
+    ({"annotations.json": '{"categories": []}'}, "COCO"),  # no images
+    ({"annotations.json": '{"images": [{"id": 1}], "annotations": []}'}, "COCO"),  # no file_name
+    ({"Annotations/a.xml": "<annotation><object><name>Gun</name></object>"}, "Pascal VOC"),  # cut short
+    ({"Annotations/a.xml": "<annotation><object><name>Gun</name></object></annotation>"}, "Pascal VOC"),  # no box
+])
+def test_a_malformed_data_set_is_refused_in_one_line_naming_it(tmp_path, files, layout):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=f"a malformed {layout} data set") as refused:
+        read_box_dataset(tmp_path)
+    assert "\n" not in str(refused.value)

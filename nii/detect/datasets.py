@@ -21,11 +21,13 @@ are dropped from the boxes, not guessed.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,6 +37,9 @@ from nii.detect.inputs import detector_image
 from nii.detect.regions import canonical_class
 from nii.ingest import find_scans, read_scan
 from nii.scan import ScanKind
+
+# A reader of one data-set layout: (path[, split]) -> samples.
+Reader = Callable[..., "list[BoxSample]"]
 
 __all__ = [
     "BoxSample",
@@ -89,6 +94,28 @@ def _sample(path: Path, boxes: list[list[float]], names: list[str]) -> BoxSample
     return BoxSample(path, array, tuple(name for _, name in kept))
 
 
+def _one_line_when_malformed(layout: str) -> Callable[[Reader], Reader]:
+    """Make a reader refuse a malformed data set with one ValueError naming it.
+
+    The readers index into XML, JSON and label files written by other tools;
+    a missing key or a wrong type there is the data set's fault, and the user
+    is told which set and what, not shown a traceback.
+    """
+    def wrap(reader: Reader) -> Reader:
+        @functools.wraps(reader)
+        def read(path: str | os.PathLike, *args: Any) -> list[BoxSample]:
+            try:
+                return reader(path, *args)
+            except (ValueError, OSError):  # already one line, naming the problem
+                raise
+            except Exception as err:  # noqa: BLE001 - KeyError, ParseError, YAML errors...
+                detail = " ".join(str(err).split())[:200]
+                raise ValueError(f"{path}: a malformed {layout} data set ({type(err).__name__}: {detail})") from None
+        return read
+    return wrap
+
+
+@_one_line_when_malformed("Pascal VOC")
 def read_voc(root: str | os.PathLike, split: str | None = None) -> list[BoxSample]:
     """A Pascal VOC data set (all annotations, or those listed in ``split``)."""
     root = Path(root)
@@ -118,6 +145,7 @@ def read_voc(root: str | os.PathLike, split: str | None = None) -> list[BoxSampl
     return samples
 
 
+@_one_line_when_malformed("COCO")
 def read_coco(annotation_file: str | os.PathLike) -> list[BoxSample]:
     """A COCO detection file; ``file_name`` is relative to the file's folder."""
     annotation_file = Path(annotation_file)
@@ -142,6 +170,7 @@ def _yolo_names(root: Path) -> list[str]:
     raise ValueError(f"{root}: a YOLO set needs classes.txt or data.yaml naming its classes")
 
 
+@_one_line_when_malformed("YOLO")
 def read_yolo(root: str | os.PathLike) -> list[BoxSample]:
     """A YOLO set: ``images/**``, ``labels/**`` (class cx cy w h, normalised)."""
     import cv2
