@@ -12,9 +12,10 @@ import os
 import sys
 import warnings
 from pathlib import Path
-from typing import Any, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
-from nii.ingest import ReadLimits, ScanReadError, find_scans, read_source
+from nii.ingest import ReadLimits, ScanReadError, ScanSource, find_scans, read_source
 
 __all__ = ["main"]
 
@@ -30,11 +31,21 @@ def _format_line(info: dict[str, Any]) -> str:
     )
 
 
+def _scans_under(paths: Sequence[str]) -> Iterator[ScanSource]:
+    """The scans under ``paths``; none at all is an error, not a silent success."""
+    found = False
+    for source in find_scans(paths):
+        found = True
+        yield source
+    if not found:
+        raise ValueError(f"no scans found under {', '.join(paths)}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe each scan found under the given paths; 1 if any is refused."""
     limits = ReadLimits(max_pixels=args.max_pixels)
     refused = 0
-    for source in find_scans(args.paths):
+    for source in _scans_under(args.paths):
         try:
             info = read_source(source, limits=limits).describe()
         except ScanReadError as err:
@@ -114,7 +125,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     refused = 0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for source in find_scans(args.paths):
+    for source in _scans_under(args.paths):
         try:
             scan = read_source(source)
         except ScanReadError as err:
@@ -161,7 +172,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     pipeline = Pipeline.from_config(args.config)
     out = Path(args.out)
     refused, used = 0, set()
-    for source in find_scans(args.paths):
+    for source in _scans_under(args.paths):
         try:
             result = pipeline.analyze(source)
         except AnalysisError as err:
@@ -275,8 +286,11 @@ def _evaluate_pipeline(args: argparse.Namespace, progress: bool) -> int:
     if not is_image_level(args.dataset):
         raise ValueError(f"{args.dataset}: the pipeline's decision is judged on an image-level set "
                          "(clear/ and threat/ sub-folders)")
+    labels = read_image_level(args.dataset)
+    if not labels:
+        raise ValueError(f"{args.dataset}: clear/ and threat/ hold no scans")
     pipeline = Pipeline.from_config(args.pipeline or None)
-    result = evaluate_decisions(pipeline, read_image_level(args.dataset), progress=progress)
+    result = evaluate_decisions(pipeline, labels, progress=progress)
     models = [f"{m.name} {m.version}" for m in pipeline.identities]
     _print_metrics({"dataset": str(args.dataset), "pipeline": str(pipeline.config.source), "models": models,
                     **result}, args.json)
@@ -296,8 +310,11 @@ def cmd_models(args: argparse.Namespace) -> int:
     from nii.detect.registry import MODELS_ROOT, ModelArtifactError, list_models, open_artifact
 
     root = args.models or MODELS_ROOT
+    registered = list_models(root)
+    if not registered:
+        raise ValueError(f"{root}: no models registered there (no {Path(root) / 'registry.json'})")
     broken = 0
-    for name, versions in sorted(list_models(root).items()):
+    for name, versions in sorted(registered.items()):
         for version in sorted(versions):
             try:
                 artifact = open_artifact(name, version, root)

@@ -202,3 +202,20 @@ def test_training_on_cuda_without_a_gpu_is_one_line_before_any_work(tmp_path, ca
                  "--models", str(tmp_path)]) == 2
     _one_error_line(capsys, "no CUDA GPU")
     assert not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("command", [["info"], ["analyze", "--out", "OUT"], ["render", "--out", "OUT"]])
+def test_a_folder_with_no_scans_is_said_not_passed_silently(tmp_path, capsys, command):
+    (tmp_path / "empty").mkdir()
+    args = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    assert main([args[0], str(tmp_path / "empty"), *args[1:]]) == 2
+    _one_error_line(capsys, "no scans found under")
+
+
+def test_an_empty_registry_or_image_level_set_is_said(tmp_path, capsys):
+    assert main(["models", "--models", str(tmp_path / "none")]) == 2
+    _one_error_line(capsys, "no models registered")
+    for part in ("clear", "threat"):
+        (tmp_path / "set" / part).mkdir(parents=True)
+    assert main(["evaluate", str(tmp_path / "set"), "--pipeline"]) == 2
+    _one_error_line(capsys, "hold no scans")
