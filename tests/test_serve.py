@@ -378,6 +378,13 @@ def test_service_config_defaults_work_and_bad_ones_are_named(tmp_path):
     bad.write_text("[proccessing]\n")
     with pytest.raises(ValueError, match="unknown sections proccessing"):
         load_service_config(bad)
+    for text, message in (("[processing]\nwokers = 3\n", r"\[processing\] has unknown settings wokers"),
+                          ('http = "x"\n', r"\[http\] must be a table"),
+                          ('[dicom]\ntdr_destination = { hots = "pacs" }\n',
+                           r"\[dicom.tdr_destination\] has unknown settings hots")):
+        bad.write_text(text)
+        with pytest.raises(ValueError, match=message):
+            load_service_config(bad)
 
 
 def test_a_new_data_folder_gets_an_admin_whose_password_only_its_owner_reads(tmp_path):

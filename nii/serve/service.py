@@ -72,6 +72,29 @@ class ServiceConfig:
     reporting: ReportingConfig = ReportingConfig()  # [reporting]: time zone and shifts (nii.serve.report)
 
 
+# The settings of each section; a misspelt one (wokers) is refused, not ignored.
+_SERVICE_KEYS = {
+    "http": {"host", "port", "max_upload_mb", "session_hours"},
+    "dicom": {"port", "ae_title", "tdr_destination"},
+    "dicom.tdr_destination": {"host", "port", "ae_title"},
+    "hot_folder": {"path", "settle_seconds"},
+    "processing": {"workers", "pipeline", "max_attempts"},
+}
+
+
+def _section(parent: dict, key: str, name: str | None = None) -> dict:
+    """``parent[key]`` as a table of known settings (empty when absent)."""
+    name = name or key
+    value = parent.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"[{name}] must be a table, not {value!r}")
+    unknown = sorted(set(value) - _SERVICE_KEYS[name])
+    if unknown:
+        raise ValueError(f"[{name}] has unknown settings {', '.join(unknown)} "
+                         f"(known: {', '.join(sorted(_SERVICE_KEYS[name]))})")
+    return value
+
+
 def load_service_config(path: str | os.PathLike | None = None) -> ServiceConfig:
     """Read a service config (the shipped one when ``path`` is None).
 
@@ -84,11 +107,11 @@ def load_service_config(path: str | os.PathLike | None = None) -> ServiceConfig:
     raw = read_toml(path, "the service config")
     here = path.resolve().parent
     try:
-        http, dicom, hot, processing = (dict(raw.get(k, {})) for k in ("http", "dicom", "hot_folder", "processing"))
-        unknown = sorted(set(raw) - {"http", "dicom", "hot_folder", "processing", "reporting"})
+        unknown = sorted(set(raw) - {*_SERVICE_KEYS, "reporting"})
         if unknown:
             raise ValueError(f"unknown sections {', '.join(unknown)}")
-        destination = dict(dicom.get("tdr_destination", {}))
+        http, dicom, hot, processing = (_section(raw, k) for k in ("http", "dicom", "hot_folder", "processing"))
+        destination = _section(dicom, "tdr_destination", "dicom.tdr_destination")
         config = ServiceConfig(
             host=str(http.get("host", "127.0.0.1")),
             port=int(http.get("port", 8000)),
