@@ -225,11 +225,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from nii.detect.train import load_config, train
     from nii.detect.train_anomaly import is_anomaly_config, train_anomaly
 
-    if args.device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():  # said now, not after the training data has loaded
-            raise ValueError("--device cuda: this machine has no CUDA GPU (leave --device out to use what there is)")
     if is_rules_config(args.config):  # rules learn nothing: evaluate them and publish
         identities = publish_rules(args.config, models_root=args.models or MODELS_ROOT, only=args.only,
                                    progress=not args.quiet)

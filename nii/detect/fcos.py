@@ -132,3 +132,19 @@ def for_inference(model: nn.Module) -> nn.Module:
 def best_device() -> torch.device:
     """The GPU when there is one, else the CPU."""
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def training_device(device: str | None) -> torch.device:
+    """Where a recipe trains: ``device``, or the best there is when None.
+
+    Raises
+    ------
+    ValueError
+        ``"cuda"`` on a machine without a CUDA GPU: said before any data is
+        loaded, not when the first batch moves.
+    """
+    if device is None:
+        return best_device()
+    if torch.device(device).type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: this machine has no CUDA GPU (leave --device out to use what there is)")
+    return torch.device(device)

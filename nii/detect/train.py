@@ -40,7 +40,7 @@ from nii.config import read_toml
 from nii.detect.contraband import ContrabandDetector, build_model, fit_image, image_tensor
 from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_clear
 from nii.detect.evaluate import evaluate_sets
-from nii.detect.fcos import best_device, for_inference
+from nii.detect.fcos import for_inference, training_device
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity, dicos_category
 from nii.detect.registry import MODELS_ROOT, check_model_identity, publish_artifact
 
@@ -229,7 +229,7 @@ def train(
     seed = int(train_cfg.get("seed", 0))
     torch.manual_seed(seed)
     rng = random.Random(seed)
-    target = torch.device(device) if device else best_device()
+    target = training_device(device)
     classes = list(model_cfg.get("classes", THREAT_CLASSES))
 
     samples, sources = training_samples(config, cache=cache, progress=progress)

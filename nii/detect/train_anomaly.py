@@ -39,7 +39,7 @@ from nii.detect.anomaly import (
 )
 from nii.detect.datasets import load_sample
 from nii.detect.evaluate import evaluate_sets
-from nii.detect.fcos import best_device
+from nii.detect.fcos import training_device
 from nii.detect.regions import ModelIdentity
 from nii.detect.registry import MODELS_ROOT
 from nii.detect.train import CACHE, learning_rate, load_config, publish_trained, training_samples
@@ -96,7 +96,7 @@ def train_anomaly(
     seed = int(train_cfg.get("seed", 0))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    target = torch.device(device) if device else best_device()
+    target = training_device(device)
     scale = float(model_cfg.get("pixel_scale", 0.5))
 
     samples, sources = training_samples(config, cache=cache, progress=progress)
