@@ -18,6 +18,7 @@ import pytest
 
 from nii.annotate.result import OUTPUT_FILES
 from nii.batch import diff_runs, match_alerts, run_batch
+from nii.batch.engines import ActorPlan, actor_plan
 from nii.batch.results import MANIFEST, ResultsError, read_manifest
 from nii.batch.sources import ArchiveItem, iter_archive
 from nii.cli import main
@@ -351,6 +352,36 @@ def test_ray_engine_gives_the_local_engines_tables(finished, tmp_path):
     local = {r["key"]: (r["decision"], r["alert_count"], r["error"]) for r in scans_table(finished["results"])}
     for row in scans_table(results):
         assert (row["decision"], row["alert_count"], row["error"]) == local[row["key"]]
+
+
+@pytest.mark.parametrize("resources, workers, plan", [
+    ({"CPU": 16.0, "GPU": 2.0}, None, ActorPlan(actors=2, threads=8, num_cpus=7.5, num_gpus=1.0)),
+    ({"CPU": 8.0, "GPU": 1.0}, 4, ActorPlan(actors=4, threads=2, num_cpus=1.75, num_gpus=0.25)),
+    ({"CPU": 2.0}, None, ActorPlan(actors=2, threads=1, num_cpus=0.5, num_gpus=0.0)),
+    ({"CPU": 1.0}, None, ActorPlan(actors=1, threads=1, num_cpus=0.5, num_gpus=0.0)),
+])
+def test_ray_actors_take_one_gpu_each_and_leave_a_core_for_ray_data(resources, workers, plan):
+    assert actor_plan(resources, workers) == plan
+
+
+def test_ray_engine_on_a_cluster_with_a_gpu_runs_the_learned_models_there(finished, tmp_path):
+    import ray
+    import torch
+
+    # Ray takes a node's GPU count on trust: on a machine without one, this
+    # cluster has a GPU in name only, and an actor told to use it must say so.
+    ray.init(num_cpus=2, num_gpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    config = cheap_config(tmp_path, "[models.anomaly]\n")
+    try:
+        if torch.cuda.is_available():
+            summary = run_batch([finished["folder"]], tmp_path / "gpu", config=config, engine="ray", progress=False)
+            assert summary.analysed == 5 and summary.errors == 1  # the truncated DICOM
+        else:
+            with pytest.raises(ValueError, match=r"the ray engine stopped \(RuntimeError: .*(CUDA|NVIDIA)") as err:
+                run_batch([finished["folder"]], tmp_path / "gpu", config=config, engine="ray", progress=False)
+            assert "\n" not in str(err.value) and "\x1b" not in str(err.value)  # one plain line
+    finally:
+        ray.shutdown()
 
 
 def test_unknown_engine_and_locked_results_are_refused(finished, tmp_path):

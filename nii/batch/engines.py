@@ -23,11 +23,14 @@ progress and the summary are the caller's (:func:`nii.batch.run.run_batch`).
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
@@ -36,7 +39,10 @@ from typing import Any
 from nii.batch.analyse import OUTPUT_COLUMN, ScanAnalyser, failed_record
 from nii.batch.sources import ArchiveItem
 
-__all__ = ["ENGINES", "LocalEngine", "RayEngine", "available_cores", "make_engine"]
+__all__ = ["ENGINES", "ActorPlan", "LocalEngine", "RayEngine", "actor_plan", "available_cores", "make_engine"]
+
+_ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt)\b[^:]*: ")
 
 #: Engine names, as ``--engine`` takes them.
 ENGINES = ("local", "ray")
@@ -174,6 +180,54 @@ class LocalEngine:
             pool.shutdown(wait=True, cancel_futures=True)
 
 
+@dataclasses.dataclass(frozen=True)
+class ActorPlan:
+    """How a Ray run spreads over a cluster: what each analyser actor asks for.
+
+    Attributes
+    ----------
+    actors : int
+        Actors, each holding one pipeline.
+    threads : int
+        Threads each actor's pipeline runs (:func:`~nii.batch.analyse.limit_threads`).
+    num_cpus, num_gpus : float
+        Ray resources each actor reserves for the whole run.
+    """
+
+    actors: int
+    threads: int
+    num_cpus: float
+    num_gpus: float
+
+
+def actor_plan(cluster_resources: Mapping[str, float], workers: int | None = None) -> ActorPlan:
+    """Actors and their resources for a cluster (``ray.cluster_resources()``).
+
+    One actor per GPU by default (the learned models are the heavy part),
+    else one per CPU. Each actor reserves an equal share of the GPUs (at
+    most one each) and of all CPUs but one: that one is left for Ray Data's
+    light upstream work, which would otherwise wait forever behind actors
+    that hold their cores for the whole run. Each actor still runs its
+    share of the cores in threads.
+
+    Parameters
+    ----------
+    cluster_resources : mapping
+        ``{"CPU": n, "GPU": m, ...}``; missing CPU counts as 1, GPU as 0.
+    workers : int, optional
+        Actors wanted (default as above).
+
+    Returns
+    -------
+    ActorPlan
+    """
+    cpus = float(cluster_resources.get("CPU", 1))
+    gpus = float(cluster_resources.get("GPU", 0))
+    actors = workers or max(1, int(gpus or cpus))
+    return ActorPlan(actors=actors, threads=max(1, int(cpus // actors)),
+                     num_cpus=max(cpus - 1, 0.5) / actors, num_gpus=min(1.0, gpus / actors) if gpus else 0.0)
+
+
 class RayEngine:
     """Ray Data over a cluster (a local instance when no address is given).
 
@@ -218,41 +272,61 @@ class RayEngine:
         try:
             # The run's own bar counts scans; Ray Data's bars and notes would
             # interleave with it.
-            logging.getLogger("ray.data").setLevel(logging.ERROR)
+            # Its failures, too: they end this run as one line (below), not
+            # as Ray's stack traces.
+            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
             context = ray.data.DataContext.get_current()
             context.enable_progress_bars = False
             context.print_on_execution_start = False
-            resources = ray.cluster_resources()
-            cpus, gpus = float(resources.get("CPU", 1)), float(resources.get("GPU", 0))
-            workers = self.workers or int(gpus or cpus)
-            self.workers = workers
-            kwargs = {**self.analyser_kwargs, "threads": max(1, int(cpus // workers))}
+            plan = actor_plan(ray.cluster_resources(), self.workers)
+            self.workers = plan.actors
+            kwargs = {**self.analyser_kwargs, "threads": plan.threads}
+            if plan.num_gpus:
+                # Said outright: an actor given a GPU whose torch cannot use
+                # it fails at once, instead of running months of archive on
+                # the CPU while the GPU sits reserved.
+                kwargs.setdefault("device", "cuda")
             # A spool file is one block; cut into batches, so that every
             # actor gets work and records come back as they are done.
             lines = ray.data.read_text([str(p) for p in todo], num_cpus=0).repartition(
                 target_num_rows_per_block=self.batch_size)
-            # The actors hold their cores for the whole run; one is left for
-            # the light work upstream, which would otherwise wait forever
-            # (each actor still runs `threads` threads: the cores are shared).
-            analysed = lines.map_batches(
-                ScanAnalyser, fn_constructor_kwargs=kwargs, batch_size=self.batch_size,
-                compute=ray.data.ActorPoolStrategy(size=workers),
-                num_cpus=max(cpus - 1, 0.5) / workers, num_gpus=min(1.0, gpus / workers) if gpus else 0,
-                # Restarted and retried, an actor killed by a scan would die
-                # on it again, forever: stop instead, keeping what is committed.
-                max_restarts=0, max_task_retries=0)
+            with warnings.catch_warnings():
+                # Ray deprecates **ray_remote_args but has no named parameter
+                # for these two yet (its actor pool reads them from there);
+                # pyproject holds Ray below 2.64, which removes them.
+                warnings.filterwarnings("ignore", message="`ray_remote_args` is deprecated")
+                analysed = lines.map_batches(
+                    ScanAnalyser, fn_constructor_kwargs=kwargs, batch_size=self.batch_size,
+                    compute=ray.data.ActorPoolStrategy(size=plan.actors),
+                    num_cpus=plan.num_cpus, num_gpus=plan.num_gpus,
+                    # Restarted and retried, an actor killed by a scan would die
+                    # on it again, forever: stop instead, keeping what is committed.
+                    max_restarts=0, max_task_retries=0)
             try:
                 for batch in analysed.iter_batches(batch_size=None, batch_format="numpy"):
                     for record in batch[OUTPUT_COLUMN]:
                         yield json.loads(record)
             except ray.exceptions.RayError as err:
-                reason = next((line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__)
-                raise ValueError(f"the ray engine stopped ({reason[:300]}); what was committed is kept: run again "
+                raise ValueError(f"the ray engine stopped ({ray_failure_reason(err)}); what was committed is kept: run again "
                                  "to carry on, or use --engine local, which turns a scan that kills its worker "
                                  "into an error row") from None
         finally:
             if started_here:
                 ray.shutdown()
+
+
+def ray_failure_reason(err: BaseException) -> str:
+    """The root cause in a Ray error's text: its last ``SomeError: ...`` line.
+
+    Ray wraps an actor's exception in lines naming the actor, its pid and
+    the worker's traceback; the cause (``RuntimeError: Found no NVIDIA
+    driver ...``) comes last. Terminal colour codes are dropped.
+    """
+    lines = [_ANSI_CODE.sub("", line).strip() for line in str(err).splitlines()]
+    lines = [line for line in lines if line]
+    causes = [line for line in lines if _EXCEPTION_LINE.match(line)]
+    reason = causes[-1] if causes else lines[0] if lines else type(err).__name__
+    return reason[:300]
 
 
 def make_engine(name: str, analyser_kwargs: Mapping[str, Any], *, workers: int | None = None,
