@@ -357,6 +357,7 @@ def test_ray_engine_gives_the_local_engines_tables(finished, tmp_path):
 @pytest.mark.parametrize("resources, workers, plan", [
     ({"CPU": 16.0, "GPU": 2.0}, None, ActorPlan(actors=2, threads=8, num_cpus=7.5, num_gpus=1.0)),
     ({"CPU": 8.0, "GPU": 1.0}, 4, ActorPlan(actors=4, threads=2, num_cpus=1.75, num_gpus=0.25)),
+    ({"CPU": 2.0}, 1, ActorPlan(actors=1, threads=2, num_cpus=1.0, num_gpus=0.0)),
     ({"CPU": 2.0}, None, ActorPlan(actors=2, threads=1, num_cpus=0.5, num_gpus=0.0)),
     ({"CPU": 1.0}, None, ActorPlan(actors=1, threads=1, num_cpus=0.5, num_gpus=0.0)),
 ])
