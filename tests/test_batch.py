@@ -345,9 +345,15 @@ def test_diff_of_a_run_with_itself_is_empty_and_a_partial_run_shows_what_it_lack
 # -- engines ------------------------------------------------------------------
 
 def test_ray_engine_gives_the_local_engines_tables(finished, tmp_path):
+    import logging
+
+    import ray.data  # noqa: F401  (importing it sets up its logging)
+
     results = tmp_path / "ray"  # ray[data] is a test dependency: missing, this fails
+    logging.getLogger("ray.data").setLevel(logging.INFO)
     summary = run_batch([finished["folder"]], results, config=finished["config"], engine="ray", workers=1,
                         progress=False)
+    assert logging.getLogger("ray.data").level == logging.INFO  # the caller's logging is put back
     assert summary.engine == "ray" and summary.analysed == 5
     local = {r["key"]: (r["decision"], r["alert_count"], r["error"]) for r in scans_table(finished["results"])}
     for row in scans_table(results):

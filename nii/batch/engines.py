@@ -269,13 +269,14 @@ class RayEngine:
             # still needs one for its actor and one for the upstream work.
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
                      configure_logging=False, num_cpus=None if self.address else max(2, available_cores()))
+        ray_logger, context = logging.getLogger("ray.data"), ray.data.DataContext.get_current()
+        saved = (ray_logger.level, context.enable_progress_bars, context.print_on_execution_start)
         try:
             # The run's own bar counts scans; Ray Data's bars and notes would
-            # interleave with it.
-            # Its failures, too: they end this run as one line (below), not
-            # as Ray's stack traces.
-            logging.getLogger("ray.data").setLevel(logging.CRITICAL)
-            context = ray.data.DataContext.get_current()
+            # interleave with it, and its failures end this run as one line
+            # (below), not as Ray's stack traces. Put back afterwards: the
+            # caller's own Ray Data work keeps its logs and bars.
+            ray_logger.setLevel(logging.CRITICAL)
             context.enable_progress_bars = False
             context.print_on_execution_start = False
             plan = actor_plan(ray.cluster_resources(), self.workers)
@@ -307,15 +308,17 @@ class RayEngine:
                     for record in batch[OUTPUT_COLUMN]:
                         yield json.loads(record)
             except ray.exceptions.RayError as err:
-                raise ValueError(f"the ray engine stopped ({ray_failure_reason(err)}); what was committed is kept: run again "
-                                 "to carry on, or use --engine local, which turns a scan that kills its worker "
+                raise ValueError(f"the ray engine stopped ({_ray_failure_reason(err)}); what was committed is kept: "
+                                 "run again to carry on, or use --engine local, which turns a scan that kills its worker "
                                  "into an error row") from None
         finally:
+            ray_logger.setLevel(saved[0])
+            context.enable_progress_bars, context.print_on_execution_start = saved[1:]
             if started_here:
                 ray.shutdown()
 
 
-def ray_failure_reason(err: BaseException) -> str:
+def _ray_failure_reason(err: BaseException) -> str:
     """The root cause in a Ray error's text: its last ``SomeError: ...`` line.
 
     Ray wraps an actor's exception in lines naming the actor, its pid and
