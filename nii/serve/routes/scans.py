@@ -142,9 +142,13 @@ async def scan_events(request: Request, service: ServiceDep, user: Viewer) -> St
             rows = _scan_rows(conn, [scans.c.revision > after], limit=200, order=(scans.c.revision,))
         return (rows[-1].revision if rows else after), rows
 
+    # The cursor is read before the response starts: the browser's "open" (on
+    # which the viewer reloads its list) then comes after it, so a change is
+    # either in that reload or sent as an event, never lost between the two.
+    start = int(last_id) if last_id.isdigit() else (await asyncio.to_thread(changes, None))[0]
+
     async def stream():
-        cursor = int(last_id) if last_id.isdigit() else None
-        cursor, _ = await asyncio.to_thread(changes, cursor) if cursor is None else (cursor, [])
+        cursor = start
         yield "retry: 2000\n\n"
         quiet_since = time.monotonic()
         while not await request.is_disconnected():

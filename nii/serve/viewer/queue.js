@@ -37,6 +37,7 @@ export class Queue {
 
   /** Empty (logged out). */
   reset() {
+    this.reloading = null; // an answer still on its way is for the user who left
     this.scans = [];
     this.total = 0;
     this.selectedId = null;
@@ -47,15 +48,25 @@ export class Queue {
     return this.scans.find((s) => s.scan_id === this.selectedId) ?? null;
   }
 
-  /** Fetch the first page again (start, filters changed, live stream reconnected). */
+  /**
+   * Fetch the first page again (start, filters changed, live stream reconnected).
+   * Reloads can overlap (log-in and the live stream's first connection both ask):
+   * only the latest one's answer is kept, and live events that came while it was
+   * on its way are put back over it, since the answer may predate them.
+   */
   async reload() {
+    const request = (this.reloading = { live: new Map() });
     try {
       const { scans, total } = await api.scans({ ...this.filters, limit: PAGE });
+      if (this.reloading !== request) return; // a later reload supersedes this answer
+      this.reloading = null;
       this.scans = scans;
       this.total = total;
+      for (const scan of request.live.values()) this.upsert(scan, { quiet: true });
       this.render();
       if (!this.selected && scans.length && this.selectedId === null) this.select(scans[0].scan_id);
     } catch (err) {
+      if (this.reloading === request) this.reloading = null;
       if (err.status !== 401) this.onError(`The scan list could not be loaded: ${err.message}`);
     }
   }
@@ -72,9 +83,14 @@ export class Queue {
     }
   }
 
-  /** A live event: a new scan goes in at its place (the top), a changed one is redrawn where it is. */
-  upsert(scan) {
+  /**
+   * A live event: a new scan goes in at its place (the top), a changed one is
+   * redrawn where it is. `quiet` updates the list without drawing it.
+   */
+  upsert(scan, { quiet = false } = {}) {
+    this.reloading?.live.set(scan.scan_id, scan);
     const at = this.scans.findIndex((s) => s.scan_id === scan.scan_id);
+    if (at >= 0 && this.scans[at].revision > scan.revision) return; // we already show a later state
     const wanted = this.matches(scan);
     if (at >= 0 && !wanted) {
       this.scans.splice(at, 1);
@@ -83,12 +99,11 @@ export class Queue {
       this.scans[at] = scan;
     } else if (wanted) {
       this.scans.push(scan);
-      this.scans.sort(newestFirst);
       this.total += 1;
     } else {
       return;
     }
-    this.render(at < 0 ? scan.scan_id : null);
+    if (!quiet) this.render(at < 0 ? scan.scan_id : null);
   }
 
   matches(scan) {
@@ -117,6 +132,8 @@ export class Queue {
   }
 
   render(fresh = null) {
+    // However the list was put together (pages, live events, reloads), it shows newest first.
+    this.scans.sort(newestFirst);
     const focused = document.activeElement?.closest?.("[data-scan]")?.dataset.scan;
     const rows = this.scans.map((scan) => {
       const row = this.row(scan);
