@@ -8,7 +8,9 @@ in at most 15 ms median on 2 cores. Printed side by side in one run:
   then ``render(calibrated)``, the operator's colour tool);
 - a straightforward float64 NumPy implementation of the same maths;
 - the memory-bandwidth floor: bytes in plus bytes out over the measured
-  copy bandwidth of this machine.
+  copy bandwidth of this machine;
+- the pipeline's setting (1 thread) again while another process keeps the
+  other core busy, since these machines are shared with noisy neighbours.
 
 Run: ``.venv/bin/python benchmarks/bench_calibrate.py`` (builds the profile
 from ``calibration/baggage-dual-kvp`` if needed).
@@ -17,8 +19,10 @@ from ``calibration/baggage-dual-kvp`` if needed).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import statistics
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -58,6 +62,25 @@ def straightforward(counts: np.ndarray, profile) -> np.ndarray:
     return render_pseudo_colour(attenuation[1], coordinate)
 
 
+def _spin(stop) -> None:
+    while not stop.is_set():
+        sum(range(10_000))
+
+
+@contextmanager
+def other_core_busy():
+    """A second process spinning on the CPU for the duration (a noisy neighbour)."""
+    stop = multiprocessing.Event()
+    spinner = multiprocessing.Process(target=_spin, args=(stop,), daemon=True)
+    spinner.start()
+    try:
+        time.sleep(0.2)  # let it reach full speed
+        yield
+    finally:
+        stop.set()
+        spinner.join()
+
+
 def copy_bandwidth_gb_s() -> float:
     source = np.ones(64 * 1024 * 1024 // 8)  # 64 MiB, well beyond the caches
     target = np.empty_like(source)
@@ -93,6 +116,8 @@ def main() -> None:
         cv2.setNumThreads(1)
         results.setdefault("nii, 2 threads, OpenCV 1", []).append(median_ms(ours(2), args.repeats))
         cv2.setNumThreads(threads)
+        with other_core_busy():
+            results.setdefault("nii, 1 thread, other core busy", []).append(median_ms(ours(1), args.repeats))
         results.setdefault("float64 NumPy", []).append(median_ms(lambda: straightforward(counts, profile), 3))
     bandwidth = copy_bandwidth_gb_s()
     bytes_moved = counts.nbytes + counts.shape[1] * counts.shape[2] * 3  # uint16 in, RGB out
@@ -100,10 +125,14 @@ def main() -> None:
     reference = statistics.median(results["float64 NumPy"])
     for name, values in results.items():
         ms = statistics.median(values)
-        print(f"  {name:>25}: {ms:7.2f} ms median  ({reference / ms:5.1f}x vs float64 NumPy, "
+        print(f"  {name:>30}: {ms:7.2f} ms median  ({reference / ms:5.1f}x vs float64 NumPy, "
               f"{ms / floor_ms:6.1f}x the bandwidth floor)")
     print(f"  copy bandwidth {bandwidth:.1f} GB/s; floor for {bytes_moved / 1e6:.1f} MB in+out: {floor_ms:.3f} ms")
-    print("  target: <= 15 ms median on 2 cores")
+    # The pipeline calibrates with one thread per scan (Calibrator's default):
+    # parallelism comes from scans in flight, not from splitting one scan.
+    pipeline_ms = statistics.median(results["nii, 1 thread"])
+    verdict = "met" if pipeline_ms <= 15 else "NOT met"
+    print(f"  target: <= 15 ms median on 2 cores; the pipeline's setting (1 thread): {pipeline_ms:.2f} ms, {verdict}")
 
 
 if __name__ == "__main__":
