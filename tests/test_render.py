@@ -132,6 +132,18 @@ def test_render_colour_fast_edges() -> None:
         render_colour_fast(np.zeros((3, 4)), np.zeros((3, 5)), np.zeros((3, 4), bool))
 
 
+def test_nan_zeff_is_organic_and_infinite_zeff_metal() -> None:
+    # Wide enough for OpenCV's vector paths, whose float -> int casts of NaN differ by release.
+    zeff = np.tile(np.array([np.nan, 7.0, np.inf, 30.0], np.float32), (3, 40))
+    m = material_map(zeff)
+    assert (m[:, 0::4] == 0).all() and (m[:, 1::4] == pytest.approx(material_coordinate(7.0), abs=0.0125))
+    assert (m[:, 2::4] == 1).all() and (m[:, 3::4] == 1).all()
+    a = np.full(zeff.shape, 1.0, np.float32)
+    cal = CalibratedScan(Scan(np.ones((2, *zeff.shape), np.uint16), kind="dual_energy"),
+                         np.stack([a, a]), np.zeros(zeff.shape, bool), None, "t", zeff=zeff)
+    assert (render(cal) == render_colour_fast(a, m, np.zeros(zeff.shape, bool))).all()
+
+
 def test_palette_is_hashable_and_tables_are_cached() -> None:
     listed = PseudoColourPalette(name="lists", anchors=[(0.0, [1, 2, 3]), (1.0, [3, 2, 1])])
     assert hash(listed) == hash(PseudoColourPalette(name="lists", anchors=((0.0, (1, 2, 3)), (1.0, (3, 2, 1)))))

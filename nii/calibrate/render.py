@@ -77,9 +77,11 @@ _M_LEVELS = 64
 _A_STEP = _A_MAX / (_A_LEVELS - 2)
 # Rows are computed as the uint16 ``65535 - A / step`` minus this offset:
 # saturation at 65535 makes A < 0 (air noise) air, and everything past the
-# dense end -- A > _A_MAX, inf and NaN, whose float -> int conversion
-# overflows -- lands below the offset, so the combined index saturates to
-# 0, the black entry. No clipping pass is needed at either end.
+# dense end (A > _A_MAX) lands below the offset, so the combined index
+# saturates to 0, the black entry. No clipping pass is needed at either end.
+# inf and NaN are another matter: how a float -> int cast treats them differs
+# between OpenCV releases and CPUs (OpenCV 5 with AVX-512 makes them 65535,
+# air), so they are found and blacked out explicitly.
 _ROW_OFFSET = 65536 - _A_LEVELS
 
 # Zeff -> material coordinate for images, through a table on Zeff rounded to
@@ -147,10 +149,21 @@ def material_map(zeff: np.ndarray) -> np.ndarray:
     if zeff.dtype not in (np.float32, np.float64):
         zeff = zeff.astype(np.float32)
     flat = np.ascontiguousarray(zeff).reshape(1, -1)
-    # |8 Zeff| rounded and saturated to 0..255 in one SIMD pass; Zeff is
-    # never negative, and anything below 6 maps to 0 either way.
-    steps = cv2.convertScaleAbs(flat, alpha=_ZEFF_STEPS_PER_UNIT)
+    steps = _zeff_steps(flat, np.empty(flat.shape, np.uint8), np.empty(flat.shape, bool))
     return cv2.LUT(steps, _MATERIAL_LUT).reshape(zeff.shape)
+
+
+def _zeff_steps(zeff: np.ndarray, out: np.ndarray, work: np.ndarray) -> np.ndarray:
+    """|8 Zeff| rounded and saturated to 0..255 in one SIMD pass, NaN as 0, into ``out``.
+
+    Zeff is never negative, and anything below 6 maps to 0 either way. NaN
+    is set explicitly: OpenCV's cast of it differs between releases.
+    """
+    cv2.convertScaleAbs(zeff, dst=out, alpha=_ZEFF_STEPS_PER_UNIT)
+    unknown = _not_finite(zeff, work)
+    if unknown is not None:
+        out[unknown & np.isnan(zeff)] = 0
+    return out
 
 
 def _material_level(m: np.ndarray, out: np.ndarray) -> np.ndarray:
@@ -181,6 +194,13 @@ class _Scratch:
         self.index = np.empty((rows, cols), np.uint16)
         self.index_intp = np.empty((rows, cols), np.intp)
         self.rgba = np.empty((rows, cols), np.uint32)
+        self.finite = np.empty((rows, cols), bool)
+
+
+def _not_finite(x: np.ndarray, work: np.ndarray) -> np.ndarray | None:
+    """Where ``x`` is inf or NaN, or None when nowhere (the usual case, one quick pass)."""
+    finite = np.isfinite(x, out=work)
+    return None if finite.all() else ~finite
 
 
 def _colour_block(
@@ -191,8 +211,10 @@ def _colour_block(
     row, index = work.row[:n], work.index[:n]
     # OpenCV's saturating casts round and clip in the same pass (see _ROW_OFFSET).
     cv2.addWeighted(a, -1.0 / _A_STEP, a, 0.0, 65535.0, dst=row, dtype=cv2.CV_16U)
-    if opaque.any():  # most blocks have none: skip the masked pass
-        cv2.bitwise_and(row, 0, dst=row, mask=opaque.view(np.uint8))
+    unknown = _not_finite(a, work.finite[:n])
+    black = opaque if unknown is None else opaque | unknown
+    if black.any():  # most blocks have none: skip the masked pass
+        cv2.bitwise_and(row, 0, dst=row, mask=black.view(np.uint8))
     cv2.addWeighted(row, float(_M_LEVELS), m_level, 1.0, -float(_ROW_OFFSET * _M_LEVELS), dst=index,
                     dtype=cv2.CV_16U)
     np.copyto(work.index_intp[:n], index, casting="unsafe")
@@ -237,7 +259,7 @@ def _colour_image(
         if material is not None:
             _material_level(source[block], m_level)
         else:
-            steps = cv2.convertScaleAbs(source[block], dst=work.zeff_steps[:n], alpha=_ZEFF_STEPS_PER_UNIT)
+            steps = _zeff_steps(source[block], work.zeff_steps[:n], work.finite[:n])
             cv2.LUT(steps, _ZEFF_LEVEL_LUT, dst=m_level)
         _colour_block(a[block], m_level, opaque[block], table, out[block], work)
     return out
