@@ -119,6 +119,29 @@ def test_profiles_that_do_not_fit_are_refused(baggage_profile, baggage) -> None:
         build_profile(ACQUISITIONS / "baggage-dual-kvp", scanner_id="cargo-linac")
 
 
+@pytest.mark.parametrize("plan, message", [
+    (None, "needs metadata \"step_wedge\""),
+    ([1], "needs metadata \"step_wedge\""),
+    ({"thickness_cm": "abc", "lines_per_step": 8}, "thickness_cm must be a list of numbers"),
+    ({"thickness_cm": [None] * 6, "lines_per_step": 8}, "thickness_cm must be a list of numbers"),
+    ({"thickness_cm": [0.25, 0.5, 1, 2, 4, 8], "lines_per_step": "x"}, "lines_per_step must be a whole number"),
+    ({"thickness_cm": [0.25, 0.5, 1, 2, 4, 8], "lines_per_step": 2.5}, "lines_per_step must be a whole number"),
+    ({"thickness_cm": [1, 2], "lines_per_step": 8}, "lists 2 steps of 8 lines, but the acquisition has 48 lines"),
+])
+def test_a_malformed_step_wedge_sidecar_is_refused_naming_the_file(tmp_path: Path, plan, message) -> None:
+    folder = tmp_path / "acquisitions"
+    folder.mkdir()
+    for source in (ACQUISITIONS / "baggage-dual-kvp").iterdir():
+        if source.suffix in (".json", ".raw"):
+            (folder / source.name).write_bytes(source.read_bytes())
+    sidecar = folder / "wedge-aluminium.json"
+    fields = json.loads(sidecar.read_text())
+    fields["metadata"]["step_wedge"] = plan
+    sidecar.write_text(json.dumps(fields))
+    with pytest.raises(ProfileError, match="wedge-aluminium.json: .*" + message):
+        build_profile(folder)
+
+
 def test_uncalibrated_path_is_labelled_and_gives_no_zeff(baggage) -> None:
     areal = np.zeros((1, 200, 1024), np.float32)
     areal[0, 50:150, 200:600] = 4.0

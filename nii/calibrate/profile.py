@@ -335,12 +335,8 @@ def build_profile(
         for path in sorted(folder.glob("wedge-*.json")):
             wedge = read_scan(path)
             _same_scanner(found_id, wedge, folder)
-            plan = wedge.metadata.get("step_wedge") or {}
             name = wedge.metadata.get("material") or path.stem.removeprefix("wedge-")
-            thickness = np.asarray(plan.get("thickness_cm", []), dtype=float)
-            lines = int(plan.get("lines_per_step", 0))
-            if lines < 2 or _channels_first(wedge).shape[1] != lines * len(thickness):
-                raise ProfileError(f"{path}: sidecar step_wedge plan does not match its {wedge.counts.shape} lines")
+            thickness, lines = _step_wedge_plan(path, wedge)
             # The first half of each step's lines fits the curves; the second
             # half is kept to check them (a fit checked on its own data lies).
             fit, held = _split_steps(_channels_first(wedge), len(thickness), lines)
@@ -361,6 +357,29 @@ def build_profile(
         min_transmission=min_t, pixel_mm=float(pixel_mm), belt_mm_per_line=float(belt_mm), material=material,
         check_air=np.asarray(air_frames[:, half:], dtype=np.uint16), check_wedges=check_wedges,
     )
+
+
+def _step_wedge_plan(path: Path, wedge: Scan) -> tuple[np.ndarray, int]:
+    """The step thicknesses (cm) and lines per step a wedge's sidecar lists, checked against its lines.
+
+    The sidecar's ``metadata.step_wedge`` is ``{"thickness_cm": [...],
+    "lines_per_step": n}``, the steps' lines in that order.
+    """
+    plan = wedge.metadata.get("step_wedge")
+    example = '"step_wedge": {"thickness_cm": [0.5, 1, 2, 4], "lines_per_step": 8}'
+    if not isinstance(plan, Mapping):
+        raise ProfileError(f"{path}: its sidecar needs metadata {example}, not {plan!r}")
+    thickness, lines = plan.get("thickness_cm"), plan.get("lines_per_step")
+    if not (isinstance(thickness, list) and thickness
+            and all(isinstance(t, (int, float)) and not isinstance(t, bool) for t in thickness)):
+        raise ProfileError(f"{path}: step_wedge thickness_cm must be a list of numbers (cm), not {thickness!r}")
+    if isinstance(lines, bool) or not isinstance(lines, int) or lines < 2:
+        raise ProfileError(f"{path}: step_wedge lines_per_step must be a whole number >= 2, not {lines!r}")
+    found = _channels_first(wedge).shape[1]
+    if found != lines * len(thickness):
+        raise ProfileError(f"{path}: step_wedge lists {len(thickness)} steps of {lines} lines, "
+                           f"but the acquisition has {found} lines")
+    return np.asarray(thickness, dtype=float), lines
 
 
 def _split_steps(counts: np.ndarray, steps: int, lines: int) -> tuple[np.ndarray, np.ndarray]:
