@@ -90,11 +90,13 @@ def cmd_tip(args: argparse.Namespace) -> int:
 
 def cmd_calibrate_build(args: argparse.Namespace) -> int:
     """Build a scanner's calibration profile from its acquisitions."""
-    from nii.calibrate.profile import build_profile, default_profile_path, save_profile
+    from nii.calibrate.profile import build_profile, default_profile_path, next_version, save_profile
 
     folder = args.acquisitions or f"calibration/{args.scanner}"
-    profile = build_profile(folder, scanner_id=args.scanner, version=args.version)
-    path = save_profile(profile, args.out or default_profile_path(profile.scanner_id))
+    out = args.out or default_profile_path(args.scanner)
+    version = args.version if args.version is not None else next_version(out)
+    profile = build_profile(folder, scanner_id=args.scanner, version=version)
+    path = save_profile(profile, out)
     print(f"wrote {path}: {profile.profile_id}")
     return 0
 
@@ -566,7 +568,9 @@ def build_parser() -> argparse.ArgumentParser:
     build = steps.add_parser("build", help="build a profile from dark, air and step-wedge acquisitions")
     build.add_argument("--scanner", required=True, help="scanner id; acquisitions from others are refused")
     build.add_argument("--acquisitions", help="folder of acquisitions (default calibration/SCANNER)")
-    build.add_argument("--version", type=_positive_int, default=1, help="profile revision (default %(default)s)")
+    build.add_argument("--version", type=_positive_int,
+                       help="profile revision (default: one above the profile it replaces, or 1); "
+                            "the replaced profile is kept under superseded/")
     build.add_argument("--out", help="profile file (default calibration/SCANNER/profile.npz)")
     build.set_defaults(run=cmd_calibrate_build)
     check = steps.add_parser("check", help="report residual non-uniformity, dead pixels and Zeff error")

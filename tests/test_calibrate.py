@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,16 @@ import pytest
 from nii import read_scan
 from nii.calibrate.calibrated import UNCALIBRATED, MaterialClass
 from nii.calibrate.correct import Calibrator, calibrate_scan
-from nii.calibrate.profile import (ProfileError, build_profile, check_profile, load_profile, save_profile)
+from nii.calibrate.profile import (
+    ProfileError,
+    build_profile,
+    check_profile,
+    default_profile_path,
+    find_profile,
+    load_profile,
+    next_version,
+    save_profile,
+)
 from nii.scan import Scan, ScanKind
 from nii.simulate import detector
 from nii.simulate.scanner import load_scanner, transmission
@@ -199,10 +209,37 @@ def test_cli_build_check_and_render(tmp_path: Path) -> None:
     assert broken.read_bytes() == b"not a profile"
     again = run_cli("calibrate", "build", "--scanner", "baggage-dual-kvp", "--out", str(tmp_path / "p.npz"))
     assert again.returncode == 0 and not list(tmp_path.glob(".*.part"))
+    assert "baggage-dual-kvp/v2/" in again.stdout, "a rebuild is the next version"
     rendered = run_cli("render", str(REPO / "sample_scans" / "bag-threat.json"), "--out", str(tmp_path / "r"),
                        "--profile", str(tmp_path / "p.npz"))
     assert rendered.returncode == 0, rendered.stderr
-    assert (tmp_path / "r" / "bag-threat-json-colour.png").is_file() and "baggage-dual-kvp/v1/" in rendered.stdout
+    assert (tmp_path / "r" / "bag-threat-json-colour.png").is_file() and "baggage-dual-kvp/v2/" in rendered.stdout
+
+
+def test_a_rebuild_keeps_the_profile_it_replaces(tmp_path: Path) -> None:
+    root = tmp_path / "calibration"
+    path = default_profile_path("baggage-dual-kvp", root)
+    assert next_version(path) == 1
+    acquisitions = ACQUISITIONS / "baggage-dual-kvp"
+    first = build_profile(acquisitions, version=1, created_at=datetime(2026, 1, 5, tzinfo=timezone.utc))
+    save_profile(first, path)
+    save_profile(first, path)  # the same profile again changes nothing and keeps nothing
+    assert not (path.parent / "superseded").exists()
+    # Rebuilt the same day under the same version: refused, since results would name two profiles alike.
+    same_version = build_profile(acquisitions, version=1, created_at=datetime(2026, 1, 6, tzinfo=timezone.utc))
+    with pytest.raises(ProfileError, match=r"another build of version 1; .* new version \(--version 2\)"):
+        save_profile(same_version, path)
+    assert load_profile(path).profile_id == first.profile_id
+    assert next_version(path) == 2
+    second = build_profile(acquisitions, version=2, created_at=datetime(2026, 1, 6, tzinfo=timezone.utc))
+    save_profile(second, path)
+    assert load_profile(path).profile_id == second.profile_id
+    kept = find_profile(first.profile_id, root)
+    assert kept is not None and kept.parent.name == "superseded"
+    assert load_profile(kept).profile_id == first.profile_id
+    assert find_profile(second.profile_id, root) == path
+    assert find_profile("baggage-dual-kvp/v9/000000000000", root) is None
+    assert find_profile(first.profile_id, tmp_path / "elsewhere") is None
 
 
 def test_mev_cargo_material_discrimination() -> None:

@@ -86,6 +86,25 @@ def test_export_holds_the_case_exactly_and_verifies(case):
     assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
 
 
+def test_a_profile_replaced_by_a_rebuild_is_still_enclosed(case, tmp_path):
+    from nii.calibrate.profile import CALIBRATION_ROOT, build_profile, load_profile, save_profile
+
+    root = tmp_path / "calibration"
+    used = load_profile(CALIBRATION_ROOT / "ct-baggage" / "profile.npz")  # the one the case's result names
+    save_profile(used, root / "ct-baggage" / "profile.npz")
+    save_profile(build_profile(CALIBRATION_ROOT / "ct-baggage", version=used.version + 1),
+                 root / "ct-baggage" / "profile.npz")
+    export_case(case["store"], case["case_id"], tmp_path / "case.zip", key=site_key(case["data"]),
+                calibration_root=root)
+    with zipfile.ZipFile(tmp_path / "case.zip") as archive:
+        enclosed = tmp_path / "enclosed.npz"
+        enclosed.write_bytes(archive.read("calibration/ct-baggage/profile.npz"))
+        provenance = json.loads(archive.read("provenance.json"))
+    assert load_profile(enclosed).profile_id == used.profile_id
+    listed = [p for p in provenance["calibration"] if p["profile_id"] == used.profile_id]
+    assert listed and listed[0]["enclosed"], provenance
+
+
 def test_one_changed_byte_in_any_file_fails_naming_it(case, tmp_path):
     with zipfile.ZipFile(case["package"]) as archive:
         names = archive.namelist()

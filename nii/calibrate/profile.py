@@ -7,6 +7,9 @@ It carries scanner id, version, creation time and a sha256 content hash;
 loading re-computes the hash, so a modified profile is refused.
 
 Every calibrated result names its profile by :attr:`CalibrationProfile.profile_id`.
+A profile replaced by a rebuild is kept under ``superseded/`` beside it, so
+the calibration behind an old result can still be produced in evidence
+(:func:`find_profile`).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from nii.ingest import ScanReadError, read_scan
 from nii.scan import Scan, ScanKind
 
 __all__ = ["PROFILE_FORMAT", "CalibrationProfile", "ProfileError", "build_profile", "load_profile", "save_profile",
-           "check_profile", "default_profile_path", "CALIBRATION_ROOT"]
+           "check_profile", "default_profile_path", "find_profile", "next_version", "CALIBRATION_ROOT"]
 
 #: The shipped scanner profiles, beside the package (as ``models/`` holds the
 #: shipped models), so that reading them does not depend on the working folder.
@@ -167,33 +170,90 @@ def default_profile_path(scanner_id: str, root: str | os.PathLike = "calibration
     return Path(root) / scanner_id / "profile.npz"
 
 
-def save_profile(profile: CalibrationProfile, path: str | os.PathLike) -> Path:
-    """Write ``profile`` as one ``.npz`` (arrays, JSON header, content hash).
+def _superseded_path(path: Path, profile_id: str) -> Path:
+    """Where the profile ``profile_id``, once at ``path``, is kept after a rebuild replaced it."""
+    return path.parent / "superseded" / (profile_id.replace("/", "-") + ".npz")
 
-    Only a profile is replaced, and never half-written: the file goes in
-    whole by a rename, so a scanner lane reading it meanwhile sees the old
-    profile or the new one.
+
+def _existing_profile(path: Path) -> CalibrationProfile | None:
+    """The profile at ``path``, None when there is no file; anything else there is refused."""
+    if not path.exists():
+        return None
+    try:
+        return load_profile(path)
+    except (ValueError, OSError):  # ProfileError is a ValueError; a folder is an OSError
+        raise ProfileError(f"{path} exists and is not a calibration profile; it is left alone "
+                           "(choose another --out)") from None
+
+
+def _write_whole(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` by a rename, so a reader sees the old file or the new one, never half."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.name}.part")
+    partial.write_bytes(data)
+    partial.replace(path)
+
+
+def next_version(path: str | os.PathLike) -> int:
+    """The version a profile rebuilt into ``path`` gets by default: one above the one there, or 1.
 
     Raises
     ------
     ProfileError
         ``path`` holds something that is not a calibration profile.
     """
+    existing = _existing_profile(Path(path))
+    return 1 if existing is None else existing.version + 1
+
+
+def save_profile(profile: CalibrationProfile, path: str | os.PathLike) -> Path:
+    """Write ``profile`` as one ``.npz`` (arrays, JSON header, content hash).
+
+    Only a profile is replaced, and never half-written: the file goes in
+    whole by a rename, so a scanner lane reading it meanwhile sees the old
+    profile or the new one. The profile it replaces is first kept as
+    ``superseded/<scanner>-v<version>-<hash>.npz`` beside it: results made
+    with it name it, and evidence must be able to produce it.
+
+    Raises
+    ------
+    ProfileError
+        ``path`` holds something that is not a calibration profile, or
+        another profile of the same scanner and version (a rebuild is a new
+        version, so that the two never share a name in results).
+    """
     path = Path(path)
-    if path.exists():
-        try:
-            load_profile(path)
-        except (ValueError, OSError):  # ProfileError is a ValueError; a folder is an OSError
-            raise ProfileError(f"{path} exists and is not a calibration profile; it is left alone "
-                               "(choose another --out)") from None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    existing = _existing_profile(path)
+    if existing is not None and existing.content_hash != profile.content_hash:
+        if (existing.scanner_id, existing.version) == (profile.scanner_id, profile.version):
+            raise ProfileError(f"{path} holds {existing.profile_id}, another build of version {profile.version}; "
+                               f"give the rebuild a new version (--version {existing.version + 1})")
+        kept = _superseded_path(path, existing.profile_id)
+        if not kept.exists():
+            _write_whole(kept, path.read_bytes())
     header = {**profile._header(), "content_hash": profile.content_hash}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, header=np.array(json.dumps(header, sort_keys=True)), **profile._arrays())
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_bytes(buffer.getvalue())
-    partial.replace(path)
+    _write_whole(path, buffer.getvalue())
     return path
+
+
+def find_profile(profile_id: str, root: str | os.PathLike = CALIBRATION_ROOT) -> Path | None:
+    """The file of the profile ``profile_id`` under ``root``: the current one or a superseded one.
+
+    Returns None when neither is there (the profile was built elsewhere, or
+    its file was removed). The file found is not verified: load it with
+    :func:`load_profile`, which checks its content hash.
+    """
+    scanner = profile_id.split("/", 1)[0]
+    current = default_profile_path(scanner, root)
+    try:
+        if current.is_file() and load_profile(current).profile_id == profile_id:
+            return current
+    except ProfileError:
+        pass
+    kept = _superseded_path(current, profile_id)
+    return kept if kept.is_file() else None
 
 
 def load_profile(path: str | os.PathLike) -> CalibrationProfile:

@@ -169,13 +169,15 @@ def _enclose_models(writer: _Writer, model_lines: list[str], models_root: Path |
 
 
 def _enclose_profiles(writer: _Writer, profile_ids: list[str], calibration_root: Path | None) -> list[dict[str, Any]]:
-    from nii.calibrate.profile import CALIBRATION_ROOT, ProfileError, default_profile_path, load_profile
+    from nii.calibrate.profile import CALIBRATION_ROOT, ProfileError, default_profile_path, find_profile, load_profile
 
     listed: list[dict[str, Any]] = []
     for profile_id in dict.fromkeys(profile_ids):
         scanner = profile_id.split("/", 1)[0]
         entry: dict[str, Any] = {"profile_id": profile_id, "enclosed": False}
-        path = default_profile_path(scanner, calibration_root or CALIBRATION_ROOT)
+        root = calibration_root or CALIBRATION_ROOT
+        # The profile the result names: the current one, or one a rebuild superseded.
+        path = find_profile(profile_id, root) or default_profile_path(scanner, root)
         try:
             profile = load_profile(path)
             data = path.read_bytes()
@@ -185,7 +187,7 @@ def _enclose_profiles(writer: _Writer, profile_ids: list[str], calibration_root:
             continue
         if profile.profile_id != profile_id:
             entry["note"] = (f"not enclosed: the site's profile for {scanner} is now {profile.profile_id}, "
-                             "not the one the result names")
+                             "and no superseded copy of the one the result names is kept")
         else:
             folder = f"calibration/{_member_name(scanner, 0)}"
             header = {"scanner_id": profile.scanner_id, "version": profile.version,
