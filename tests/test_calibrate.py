@@ -208,7 +208,7 @@ def test_cli_build_check_and_render(tmp_path: Path) -> None:
     assert over.returncode == 2 and "is not a calibration profile" in over.stderr
     assert broken.read_bytes() == b"not a profile"
     again = run_cli("calibrate", "build", "--scanner", "baggage-dual-kvp", "--out", str(tmp_path / "p.npz"))
-    assert again.returncode == 0 and not list(tmp_path.glob(".*.part"))
+    assert again.returncode == 0 and not list(tmp_path.glob(".*")), "no temporary file is left behind"
     assert "baggage-dual-kvp/v2/" in again.stdout, "a rebuild is the next version"
     rendered = run_cli("render", str(REPO / "sample_scans" / "bag-threat.json"), "--out", str(tmp_path / "r"),
                        "--profile", str(tmp_path / "p.npz"))
@@ -236,6 +236,8 @@ def test_a_rebuild_keeps_the_profile_it_replaces(tmp_path: Path) -> None:
     assert load_profile(path).profile_id == second.profile_id
     kept = find_profile(first.profile_id, root)
     assert kept is not None and kept.parent.name == "superseded"
+    # Every lane's service reads them, whoever runs it.
+    assert {kept.stat().st_mode & 0o777, path.stat().st_mode & 0o777} == {0o644}
     assert load_profile(kept).profile_id == first.profile_id
     assert find_profile(second.profile_id, root) == path
     assert find_profile("baggage-dual-kvp/v9/000000000000", root) is None

@@ -39,7 +39,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 # The blob store's durable rename needs the same folder fsync.
-from nii.serve.store import fsync_dir
+from nii.files import fsync_dir
 
 __all__ = ["ALERTS_SCHEMA", "MANIFEST", "SCANS_SCHEMA", "TABLES", "DoneSet", "Manifest", "ResultsError", "read_manifest",
            "utc_now"]

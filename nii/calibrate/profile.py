@@ -26,6 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from nii.calibrate import material as materials
+from nii.files import replace_file
 from nii.ingest import ScanReadError, read_scan
 from nii.scan import Scan, ScanKind
 
@@ -37,6 +38,8 @@ __all__ = ["PROFILE_FORMAT", "CalibrationProfile", "ProfileError", "build_profil
 CALIBRATION_ROOT = Path(__file__).resolve().parents[2] / "calibration"
 
 PROFILE_FORMAT = 1
+# Profiles are read by every scanner lane's service, whoever runs it.
+_PROFILE_MODE = 0o644
 # An element whose air signal is below this share of the median is dead;
 # one whose dark level sits this many MADs above the median is hot.
 _DEAD_SHARE = 0.2
@@ -186,14 +189,6 @@ def _existing_profile(path: Path) -> CalibrationProfile | None:
                            "(choose another --out)") from None
 
 
-def _write_whole(path: Path, data: bytes) -> None:
-    """``data`` into ``path`` by a rename, so a reader sees the old file or the new one, never half."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(f".{path.name}.part")
-    partial.write_bytes(data)
-    partial.replace(path)
-
-
 def next_version(path: str | os.PathLike) -> int:
     """The version a profile rebuilt into ``path`` gets by default: one above the one there, or 1.
 
@@ -230,11 +225,11 @@ def save_profile(profile: CalibrationProfile, path: str | os.PathLike) -> Path:
                                f"give the rebuild a new version (--version {existing.version + 1})")
         kept = _superseded_path(path, existing.profile_id)
         if not kept.exists():
-            _write_whole(kept, path.read_bytes())
+            replace_file(kept, path.read_bytes(), mode=_PROFILE_MODE)
     header = {**profile._header(), "content_hash": profile.content_hash}
     buffer = io.BytesIO()
     np.savez_compressed(buffer, header=np.array(json.dumps(header, sort_keys=True)), **profile._arrays())
-    _write_whole(path, buffer.getvalue())
+    replace_file(path, buffer.getvalue(), mode=_PROFILE_MODE)
     return path
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from nii.serve.store import fsync_dir, written_temp_file
+from nii.files import fsync_dir, written_temp_file
 
 __all__ = ["SITE_KEY_NAME", "fingerprint", "load_private_key", "load_public_key", "public_pem", "site_key"]
 

@@ -103,7 +103,8 @@ from nii.ingest.dicom import READABLE_SOP_CLASSES, ct_slice_series
 from nii.serve.decisions import Decision
 from nii.serve.intake import IntakeError, Upload
 from nii.serve.service import Service
-from nii.serve.store import fsync_dir, results
+from nii.files import fsync_dir
+from nii.serve.store import results
 
 __all__ = ["REFUSED_FOLDER", "SPOOL_FOLDER", "STORAGE_CLASSES", "send_tdr", "start_dicom_scp", "transfer_syntaxes"]
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -27,7 +26,9 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-__all__ = ["BlobStore", "MIGRATIONS", "Store", "StoreError", "connect", "fsync_dir", "utc_now"]
+from nii.files import replace_file
+
+__all__ = ["BlobStore", "MIGRATIONS", "Store", "StoreError", "connect", "utc_now"]
 
 #: Scan lifecycle: accepted and waiting, being analysed, finished with a
 #: result, or refused by the pipeline (``error`` says why).
@@ -317,46 +318,12 @@ class BlobStore:
         target = self.path(digest)
         if target.exists():
             return digest
-        target.parent.mkdir(exist_ok=True)
-        tmp = written_temp_file(target.parent, data, prefix=".incoming-")
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        fsync_dir(target.parent)
+        replace_file(target, data)
         return digest
 
     def get(self, sha256: str) -> bytes:
         """The bytes of blob ``sha256``."""
         return self.path(sha256).read_bytes()
-
-
-def written_temp_file(folder: Path, data: bytes, *, prefix: str) -> Path:
-    """``data`` in a new file of ``folder`` (mode 0600), flushed to disk.
-
-    The caller gives it its name (rename or link) and then calls
-    :func:`fsync_dir`; until then a crash leaves only a stray temp file.
-    """
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=prefix)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return Path(tmp)
-
-
-def fsync_dir(folder: Path) -> None:
-    """Make a rename or new file in ``folder`` durable (the directory entry itself)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 @dataclasses.dataclass
