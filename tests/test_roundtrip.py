@@ -52,6 +52,16 @@ def test_raw_dump_round_trips_in_every_layout(tmp_path: Path, layout: str, byte_
         assert again.source_format is ScanFormat.RAW
 
 
+def test_raw_sidecar_with_a_long_manifest_is_still_a_sidecar(tmp_path: Path) -> None:
+    # A cargo manifest's goods list makes a sidecar several kB: its format
+    # must come from the whole JSON, not from the first 4 kB.
+    goods = [{"description": f"carton of goods no. {i}", "mass_kg": 12.5} for i in range(200)]
+    scan = make_scan(ScanKind.DUAL_ENERGY).replace(metadata={"manifest": {"goods": goods}})
+    sidecar = write_raw(scan, tmp_path / "dump.raw")
+    assert sidecar.stat().st_size > 8192
+    assert_same_scan(scan, read_scan(sidecar))
+
+
 @pytest.mark.parametrize("kind", list(ScanKind), ids=lambda k: k.value)
 def test_npy_round_trips_pixels_and_infers_kind(tmp_path: Path, kind: ScanKind) -> None:
     scan = make_scan(kind)

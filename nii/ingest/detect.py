@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 from nii.ingest.errors import CorruptScanError, UnsupportedScanError
-from nii.ingest.raw import find_sidecar, is_raw_sidecar
+from nii.ingest.raw import MAX_SIDECAR_BYTES, find_sidecar, is_raw_sidecar
 from nii.scan import ScanFormat
 
 __all__ = ["detect_format"]
@@ -52,7 +52,14 @@ def detect_format(path: str | os.PathLike) -> ScanFormat:
         if head.startswith(magic):
             return fmt
     if head.lstrip()[:1] == b"{":
-        if len(head) < _HEAD_BYTES and is_raw_sidecar(head.decode("utf-8", "replace")):
+        # A sidecar can outgrow the head (a cargo manifest's goods list), so
+        # JSON is read whole, up to the size a sidecar may have.
+        with open(path, "rb") as fp:
+            text = fp.read(MAX_SIDECAR_BYTES + 1)
+        if len(text) > MAX_SIDECAR_BYTES:
+            raise UnsupportedScanError(f"JSON file is over {MAX_SIDECAR_BYTES:,} bytes: too large for a raw sidecar",
+                                       path=str(path))
+        if is_raw_sidecar(text.decode("utf-8", "replace")):
             return ScanFormat.RAW
         raise UnsupportedScanError("JSON file is not a raw sidecar (needs width and height)", path=str(path))
     if find_sidecar(path) is not None:

@@ -38,11 +38,13 @@ from nii.ingest.errors import CorruptScanError, UnsupportedScanError, refuse_on_
 from nii.ingest.limits import ReadLimits, check_pixel_budget
 from nii.scan import Scan, ScanFormat, ScanKind
 
-__all__ = ["LAYOUTS", "read_raw", "write_raw", "find_sidecar", "is_raw_sidecar", "sidecar_data_file"]
+__all__ = ["LAYOUTS", "MAX_SIDECAR_BYTES", "read_raw", "write_raw", "find_sidecar", "is_raw_sidecar", "sidecar_data_file"]
 
 LAYOUTS = ("planar", "interleaved", "side_by_side")
 _DTYPES = ("uint8", "uint16", "uint32", "float32")
-_MAX_SIDECAR_BYTES = 1_000_000  # a sidecar is a few hundred bytes; refuse megabytes of "JSON"
+#: A sidecar is a few hundred bytes, or a few kB with a cargo manifest;
+#: megabytes of "JSON" are refused.
+MAX_SIDECAR_BYTES = 1_000_000
 _DATA_SUFFIXES = (".raw", ".bin", ".dat")
 
 
@@ -65,7 +67,7 @@ def find_sidecar(data_path: str | os.PathLike) -> Path | None:
 
 
 def _load_sidecar(path: Path) -> dict[str, Any]:
-    if path.stat().st_size > _MAX_SIDECAR_BYTES:
+    if path.stat().st_size > MAX_SIDECAR_BYTES:
         raise CorruptScanError(f"sidecar is {path.stat().st_size:,} bytes; a raw sidecar is small JSON")
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
