@@ -502,6 +502,12 @@ def _positive_int(text: str) -> int:
     return _whole_number(text, 1)
 
 
+def _case_number(text: str) -> int:
+    from nii.serve.store import MAX_ROW_ID
+
+    return _whole_number(text, 1, MAX_ROW_ID)
+
+
 def _port(text: str) -> int:
     return _whole_number(text, 0, 65535)
 
@@ -709,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
     evidence_steps = evidence.add_subparsers(dest="step", required=True, metavar="STEP")
     export = evidence_steps.add_parser("export", help="write the case's scans, results, TDRs, decisions, audit "
                                                       "excerpt, models, calibration and report, signed")
-    export.add_argument("case", type=_positive_int, metavar="CASE", help="the case number")
+    export.add_argument("case", type=_case_number, metavar="CASE", help="the case number")
     export.add_argument("--out", required=True, metavar="FILE", help="the package to write (a zip)")
     export.add_argument("--key", metavar="FILE",
                         help="Ed25519 private key (PEM) to sign with "

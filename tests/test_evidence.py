@@ -201,3 +201,6 @@ def test_cli_exit_codes(case, tmp_path, capsys):
     assert verify_package(out_file, trusted_key=site_key(case["data"], create=False).public_key()).ok
     assert main(["evidence", "export", "999", "--out", str(tmp_path / "none.zip"), "--data", str(case["data"])]) == 2
     assert "no case 999" in capsys.readouterr().err and not (tmp_path / "none.zip").exists()
+    with pytest.raises(SystemExit) as refused:  # argparse's usage line, before any database
+        main(["evidence", "export", str(2**63), "--out", str(tmp_path / "none.zip"), "--data", str(case["data"])])
+    assert refused.value.code == 2 and f"must be within 1-{2**31 - 1}" in capsys.readouterr().err

@@ -114,6 +114,25 @@ def test_bad_uploads_get_one_line_and_nothing_stored(client, service):
     assert not list((REPO.parent / "etc").glob("x.dcm"))
 
 
+def test_numbers_no_database_holds_are_refused_in_one_line(client, analysed):
+    op, sup, boss = login(client, "op"), login(client, "sup"), login(client, "boss")
+    huge = str(2**31)  # past PostgreSQL's INTEGER; SQLite overflowed at 2**63
+    scan_id = analysed["bag-threat"]
+    for method, path, headers, body in [
+        ("get", f"/api/scans/{scan_id}/decisions/{huge}/tdr.dcm", op, None),
+        ("get", f"/api/cases/{huge}", op, None),
+        ("patch", f"/api/cases/{huge}", sup, {"status": "closed"}),
+        ("post", f"/api/cases/{huge}/notes", op, {"text": "x"}),
+        ("get", f"/api/audit?after={huge}", boss, None),
+        ("get", f"/api/scans?offset={huge}", op, None),
+        ("get", f"/api/cases?offset={huge}", op, None),
+        ("get", f"/api/scans/{scan_id}/image?tool=window&window=.,.", op, None),
+        ("get", f"/api/scans/{scan_id}/image?tool=window&window=1.2.3,4", op, None),
+    ]:
+        reply = client.request(method, path, headers=headers, json=body)
+        assert reply.status_code == 422, (path, reply.status_code, reply.text)
+
+
 def test_rendering_tools_and_ct_views(client, analysed):
     op = login(client, "op")
     bag, ct = analysed["bag-threat"], analysed["bag-dicos-ct"]

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, status
+from fastapi import Depends, HTTPException, Path, Query, Request, status
 
 from nii.serve.auth import Permission, User, user_for_token
 from nii.serve.service import Service
+from nii.serve.store import MAX_ROW_ID
 
-__all__ = ["SESSION_COOKIE", "CurrentUser", "ServiceDep", "allowed", "bearer_or_cookie"]
+__all__ = ["SESSION_COOKIE", "CurrentUser", "RowId", "RowOffset", "ServiceDep", "allowed", "bearer_or_cookie"]
 
 SESSION_COOKIE = "nii_session"
 
@@ -19,6 +20,11 @@ def get_service(request: Request) -> Service:
 
 
 ServiceDep = Annotated[Service, Depends(get_service)]
+
+# Ids and offsets from a request: one the database cannot hold is a 422,
+# not an overflow deep in the driver.
+RowId = Annotated[int, Path(ge=1, le=MAX_ROW_ID)]
+RowOffset = Annotated[int, Query(ge=0, le=MAX_ROW_ID)]
 
 
 def bearer_or_cookie(request: Request) -> str | None:

@@ -28,11 +28,16 @@ from sqlalchemy.engine import Connection, Engine
 
 from nii.files import replace_file
 
-__all__ = ["BlobStore", "MIGRATIONS", "Store", "StoreError", "connect", "utc_now"]
+__all__ = ["BlobStore", "MAX_ROW_ID", "MIGRATIONS", "Store", "StoreError", "connect", "utc_now"]
 
 #: Scan lifecycle: accepted and waiting, being analysed, finished with a
 #: result, or refused by the pipeline (``error`` says why).
 SCAN_STATES = ("queued", "running", "done", "failed")
+
+#: The largest number an ``sa.Integer`` column holds on every supported
+#: database (PostgreSQL's INTEGER is 32-bit): a larger id or offset in a
+#: request can name no row, and is refused before it reaches the database.
+MAX_ROW_ID = 2**31 - 1
 
 metadata = sa.MetaData()
 

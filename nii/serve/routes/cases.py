@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from nii.serve import cases as domain
 from nii.serve.auth import Permission
-from nii.serve.deps import CurrentUser, ServiceDep, allowed
+from nii.serve.deps import CurrentUser, RowId, RowOffset, ServiceDep, allowed
 
 router = APIRouter(prefix="/api/cases", tags=["cases"])
 Viewer = allowed(Permission.VIEW)
@@ -70,14 +70,14 @@ def list_cases(service: ServiceDep, user: Viewer,
                case_status: Annotated[Literal["open", "referred", "closed"] | None, Query(alias="status")] = None,
                scan_id: Annotated[str | None, Query(max_length=128)] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100,
-               offset: Annotated[int, Query(ge=0)] = 0) -> dict[str, Any]:
+               offset: RowOffset = 0) -> dict[str, Any]:
     """Cases, newest first; filter by status or by a scan they hold."""
     with service.store.read() as conn:
         return {"cases": domain.list_cases(conn, status=case_status, scan_id=scan_id, limit=limit, offset=offset)}
 
 
 @router.get("/{case_id}")
-def get_case(case_id: int, service: ServiceDep, user: Viewer) -> dict[str, Any]:
+def get_case(case_id: RowId, service: ServiceDep, user: Viewer) -> dict[str, Any]:
     """One case with its scans, notes and attachments. Recorded as a view."""
     from nii.serve import audit
 
@@ -92,23 +92,23 @@ def get_case(case_id: int, service: ServiceDep, user: Viewer) -> dict[str, Any]:
 
 
 @router.patch("/{case_id}")
-def change_case(case_id: int, body: CaseChange, service: ServiceDep, user: CurrentUser) -> dict[str, Any]:
+def change_case(case_id: RowId, body: CaseChange, service: ServiceDep, user: CurrentUser) -> dict[str, Any]:
     """Change findings, references or status (open, referred, closed)."""
     return _call(service, domain.update_case, user, case_id, **_given(body))
 
 
 @router.post("/{case_id}/scans")
-def add_scans(case_id: int, body: ScanIds, service: ServiceDep, user: CurrentUser) -> dict[str, Any]:
+def add_scans(case_id: RowId, body: ScanIds, service: ServiceDep, user: CurrentUser) -> dict[str, Any]:
     return _call(service, domain.add_scans, user, case_id, body.scan_ids)
 
 
 @router.post("/{case_id}/notes", status_code=status.HTTP_201_CREATED)
-def add_note(case_id: int, body: Note, service: ServiceDep, user: CurrentUser) -> dict[str, Any]:
+def add_note(case_id: RowId, body: Note, service: ServiceDep, user: CurrentUser) -> dict[str, Any]:
     return _call(service, domain.add_note, user, case_id, body.text)
 
 
 @router.post("/{case_id}/attachments", status_code=status.HTTP_201_CREATED)
-async def add_attachment(case_id: int, file: Annotated[UploadFile, File(description="JPEG, PNG or PDF")],
+async def add_attachment(case_id: RowId, file: Annotated[UploadFile, File(description="JPEG, PNG or PDF")],
                          service: ServiceDep, user: CurrentUser) -> dict[str, Any]:
     """Attach a photograph or document from the physical search."""
     data = await file.read(domain.MAX_ATTACHMENT_BYTES + 1)
@@ -116,7 +116,7 @@ async def add_attachment(case_id: int, file: Annotated[UploadFile, File(descript
 
 
 @router.get("/{case_id}/attachments/{attachment_id}")
-def get_attachment(case_id: int, attachment_id: int, service: ServiceDep, user: Viewer) -> Response:
+def get_attachment(case_id: RowId, attachment_id: RowId, service: ServiceDep, user: Viewer) -> Response:
     """An attachment's bytes, as attached."""
     with service.store.read() as conn:
         try:

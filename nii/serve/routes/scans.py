@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import time
 import warnings
 from typing import Annotated, Any, Literal
@@ -19,9 +20,15 @@ from nii.calibrate.render import TOOLS
 from nii.serve import audit
 from nii.serve.auth import Permission
 from nii.serve.decisions import DecisionError, decisions_of, record_decision
-from nii.serve.deps import CurrentUser, ServiceDep, allowed
+from nii.serve.deps import CurrentUser, RowId, RowOffset, ServiceDep, allowed
 from nii.serve.intake import IntakeError, Upload
 from nii.serve.store import decisions, results, scans
+
+# A Last-Event-ID the revision column can hold (BIGINT); anything else
+# starts the stream from now.
+_REVISION = re.compile(r"[0-9]{1,18}")
+# A decimal number, as a window bound: what float() takes, nothing else.
+_NUMBER = r"-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)"
 
 router = APIRouter(prefix="/api/scans", tags=["scans"])
 Viewer = allowed(Permission.VIEW)
@@ -111,7 +118,7 @@ def list_scans(service: ServiceDep, user: Viewer,
                until: Annotated[str | None, Query(description="received before (ISO 8601, UTC)",
                                                   pattern=r"^\d{4}-\d{2}-\d{2}([T ][0-9:.]+Z?)?$")] = None,
                limit: Annotated[int, Query(ge=1, le=500)] = 100,
-               offset: Annotated[int, Query(ge=0)] = 0) -> ScanList:
+               offset: RowOffset = 0) -> ScanList:
     """Scans, newest first, filtered by machine decision, status, scanner and date."""
     where = []
     if decision:
@@ -145,7 +152,7 @@ async def scan_events(request: Request, service: ServiceDep, user: Viewer) -> St
     # The cursor is read before the response starts: the browser's "open" (on
     # which the viewer reloads its list) then comes after it, so a change is
     # either in that reload or sent as an event, never lost between the two.
-    start = int(last_id) if last_id.isdigit() else (await asyncio.to_thread(changes, None))[0]
+    start = int(last_id) if _REVISION.fullmatch(last_id) else (await asyncio.to_thread(changes, None))[0]
 
     async def stream():
         cursor = start
@@ -185,7 +192,7 @@ def get_scan(scan_id: str, service: ServiceDep, user: Viewer) -> dict[str, Any]:
 @router.get("/{scan_id}/image", responses={200: {"content": {"image/png": {}}}})
 async def scan_image(scan_id: str, service: ServiceDep, user: Viewer,
                      tool: str = "colour",
-                     window: Annotated[str | None, Query(pattern=r"^-?[0-9.]+,-?[0-9.]+$",
+                     window: Annotated[str | None, Query(pattern=rf"^{_NUMBER},{_NUMBER}$",
                                                          description="lo,hi: attenuation, or HU for CT")] = None,
                      axis: str = "axial",
                      index: Annotated[int | None, Query(ge=0, description="CT slice; none for the MIP")] = None) -> Response:
@@ -252,7 +259,7 @@ def post_decision(scan_id: str, body: DecisionIn, service: ServiceDep, user: Cur
 
 
 @router.get("/{scan_id}/decisions/{decision_id}/tdr.dcm", responses={200: {"content": {"application/dicom": {}}}})
-def decision_tdr(scan_id: str, decision_id: int, service: ServiceDep, user: Viewer) -> Response:
+def decision_tdr(scan_id: str, decision_id: RowId, service: ServiceDep, user: Viewer) -> Response:
     """The officer's TDR of one decision (DICOS, type OPERATOR). Recorded as a download."""
     with service.store.transaction() as conn:
         digest = conn.execute(sa.select(decisions.c.operator_tdr_sha256).where(

@@ -12,7 +12,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 from nii.serve import audit
 from nii.serve.auth import Permission
-from nii.serve.deps import ServiceDep, allowed
+from nii.serve.deps import RowOffset, ServiceDep, allowed
 from nii.serve.report import LiveCounts, live_counts
 from nii.serve.service import Service
 from nii.serve.store import scans
@@ -112,7 +112,7 @@ def put_thresholds(changes: dict[str, dict[str, float]], service: ServiceDep,
 
 @router.get("/api/audit")
 def read_audit(service: ServiceDep, user: allowed(Permission.READ_AUDIT),
-               after: Annotated[int, Query(ge=0)] = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
+               after: RowOffset = 0, limit: Annotated[int, Query(ge=1, le=1000)] = 200,
                target: Annotated[str | None, Query(max_length=160)] = None) -> dict[str, Any]:
     """Audit entries after ``after``, oldest first."""
     with service.store.read() as conn:
