@@ -249,6 +249,26 @@ def test_a_dx_without_pixel_data_is_refused_with_its_reason(receiving: Running) 
     assert rows(receiving.service) == []
 
 
+def test_a_different_image_under_a_held_sop_instance_uid_is_refused(receiving: Running) -> None:
+    ds = pydicom.dcmread(DX)
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", receiving.port, ae_title=AE_TITLE)
+    assert assoc.is_established
+    try:
+        first, again = assoc.send_c_store(ds).Status, assoc.send_c_store(ds).Status
+        pixels = bytearray(ds.PixelData)
+        pixels[100] ^= 0xFF
+        ds.PixelData = bytes(pixels)
+        other = assoc.send_c_store(ds)
+    finally:
+        assoc.release()
+    assert (first, again) == (0x0000, 0x0000)  # the same image twice is one scan
+    assert other.Status == 0x0111 and "already held" in other.ErrorComment
+    assert len(other.ErrorComment) <= 64 and other.ErrorComment.endswith("...")
+    assert [row.scan_id for row in rows(receiving.service)] == [str(ds.SOPInstanceUID)]
+
+
 def test_a_scanner_calling_another_ae_title_is_rejected(receiving: Running) -> None:
     ae = AE(ae_title="SCANNER")
     ae.add_requested_context(dcmuid.DICOSCTImageStorage)

@@ -96,6 +96,10 @@ def test_the_same_scan_twice_is_one_scan(client, analysed):
     again = upload(client, "bag-threat", op)
     assert again.status_code == 200 and again.json() == {"scan_id": analysed["bag-threat"], "status": "done",
                                                           "duplicate": True}
+    sidecar, raw = sample_uploads("bag-threat")
+    other = client.post("/api/scans", headers=op, files=[("files", (sidecar.name, sidecar.data)),
+                                                         ("files", (raw.name, raw.data[::-1]))])
+    assert other.status_code == 409 and "already held" in other.json()["detail"]
 
 
 def test_bad_uploads_get_one_line_and_nothing_stored(client, service):

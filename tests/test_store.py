@@ -71,6 +71,23 @@ def test_a_scan_is_accepted_once_and_its_bytes_kept_exactly(store, tmp_path):
     assert source.path.name == "bag-clear.json"
 
 
+def test_a_different_image_under_a_held_scan_id_is_refused_not_called_a_duplicate(store):
+    sidecar, raw = sample_uploads("bag-clear")
+    first = accept_scan(store, [sidecar, raw], source="http", username="op")
+    # Other bytes, same pixels (a sender that re-wrote the header): the same scan.
+    reworded = Upload(sidecar.name, sidecar.data.replace(b'"bag_tag"', b'"lane": "3", "bag_tag"'))
+    assert accept_scan(store, [reworded, raw], source="dicom", username=None).duplicate
+    # Same id, other pixels: a scanner re-using ids. Neither image may be lost.
+    pixels = bytearray(raw.data)
+    pixels[1000] ^= 0xFF
+    with pytest.raises(IntakeError, match="a different image is already held under scan id") as err:
+        accept_scan(store, [sidecar, Upload(raw.name, bytes(pixels))], source="http", username="op")
+    assert err.value.conflict and "\n" not in str(err.value)
+    with store.transaction() as conn:
+        files = store.files_of(conn, first.scan_id)
+    assert {f.name: store.blobs.get(f.sha256) for f in files} == {sidecar.name: sidecar.data, raw.name: raw.data}
+
+
 @pytest.mark.parametrize("uploads, reason", [
     ([], "no files"),
     ([Upload("x.png", b"not a png")], "unrecognised content"),

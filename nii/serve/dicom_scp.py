@@ -130,10 +130,12 @@ _RELEASED = ".released"  # marker: an association delivering this series ended w
 _INCOMING = ".incoming"  # slices being written; never acknowledged, so cleared at start
 _PLAIN_UID = re.compile(r"[0-9.]{1,64}")
 
-# C-STORE failure statuses (PS3.4 Annex B.2.3 and the general 0x0110).
+# C-STORE failure statuses (PS3.4 Annex B.2.3, and the general 0x0110 and
+# 0x0111 of PS3.7 Annex C).
 _OUT_OF_RESOURCES = 0xA700
 _CANNOT_UNDERSTAND = 0xC000
 _PROCESSING_FAILURE = 0x0110
+_DUPLICATE_SOP_INSTANCE = 0x0111
 
 # The TDR send-back must not hold an analysis worker for long.
 _SCU_TIMEOUT_S = 10.0
@@ -242,7 +244,8 @@ def _handle_store(event: Event, service: Service, spool: _Spool) -> Dataset | in
         return 0x0000
     except IntakeError as err:
         log.warning("C-STORE from %s refused: %s", peer, err)
-        return _failure(_OUT_OF_RESOURCES if err.too_large else _CANNOT_UNDERSTAND, str(err))
+        return _failure(_OUT_OF_RESOURCES if err.too_large else _DUPLICATE_SOP_INSTANCE if err.conflict
+                        else _CANNOT_UNDERSTAND, str(err))
     except Exception as err:  # a bug or a full disk must answer the sender, not kill the association
         log.exception("C-STORE from %s failed", peer)
         return _failure(_PROCESSING_FAILURE, f"internal error: {type(err).__name__}")
@@ -355,7 +358,9 @@ def _failure(status: int, reason: str) -> Dataset:
     """A C-STORE response with ``status`` and the reason as Error Comment (LO: 64 ASCII characters)."""
     response = Dataset()
     response.Status = status
-    response.ErrorComment = reason.encode("ascii", "replace").decode()[:64]
+    text = reason.encode("ascii", "replace").decode()
+    # Cut at a word, marked, rather than mid-word: the full reason is in the log.
+    response.ErrorComment = text if len(text) <= 64 else text[:61].rsplit(" ", 1)[0] + "..."
     return response
 
 

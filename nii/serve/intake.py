@@ -6,12 +6,15 @@ the scan with the same ingest code the pipeline uses, so a file that will
 never analyse is refused at the door with its one-line reason, and nothing
 unreadable sits in the queue. A scan is accepted only once its bytes are in
 the blob store and its row is committed; only then does the sender hear
-success. The same scan id sent again is not stored or analysed again.
+success. The same scan sent again is not stored or analysed again; a
+different scan under an id already held is refused, never dropped as a
+duplicate.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 import re
 import shutil
@@ -19,6 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 import sqlalchemy as sa
 
 from nii.ingest import ReadLimits, ScanReadError, ScanSource, ScanTooLargeError, find_scans, read_source
@@ -62,11 +66,16 @@ class Accepted:
 
 
 class IntakeError(ValueError):
-    """A submission was refused; ``str(err)`` is one line. ``too_large`` for size refusals."""
+    """A submission was refused; ``str(err)`` is one line.
 
-    def __init__(self, reason: str, *, too_large: bool = False) -> None:
+    ``too_large`` for size refusals; ``conflict`` when another scan already
+    holds its scan id.
+    """
+
+    def __init__(self, reason: str, *, too_large: bool = False, conflict: bool = False) -> None:
         super().__init__(reason)
         self.too_large = too_large
+        self.conflict = conflict
 
 
 def safe_name(name: str, index: int) -> str:
@@ -110,7 +119,8 @@ def accept_scan(store: Store, uploads: Sequence[Upload], *, source: str, usernam
     Raises
     ------
     IntakeError
-        Too many files or bytes, not exactly one scan, or unreadable.
+        Too many files or bytes, not exactly one scan, unreadable, or a
+        different scan under an id already held.
     """
     if not uploads:
         raise IntakeError("no files were sent")
@@ -125,6 +135,7 @@ def accept_scan(store: Store, uploads: Sequence[Upload], *, source: str, usernam
         for name, upload in zip(names, uploads):
             (Path(folder) / name).write_bytes(upload.data)
         scan = _read_one_scan(Path(folder), names, limits.read)
+    _refuse_a_different_scan_under_a_held_id(store, scan, uploads, limits.read, scratch)
     digests = [store.blobs.put(u.data) for u in uploads]
     try:
         with store.transaction() as conn:
@@ -147,6 +158,28 @@ def accept_scan(store: Store, uploads: Sequence[Upload], *, source: str, usernam
         # PostgreSQL: the same scan committed by a concurrent submission.
         return Accepted(scan.scan_id, "queued", duplicate=True)
     return Accepted(scan.scan_id, "queued", duplicate=False)
+
+
+def _refuse_a_different_scan_under_a_held_id(store: Store, scan, uploads: Sequence[Upload], read_limits: ReadLimits,
+                                             scratch: Path | None) -> None:
+    """Raise :class:`IntakeError` when ``scan.scan_id`` is held for other pixels.
+
+    A scan id (a DICOS SOP Instance UID, a sidecar's ``scan_id``) names one
+    acquisition. A scanner that re-uses ids would otherwise have its new
+    image answered "duplicate" and lost. The same files are the same scan;
+    other files (a DICOS re-sent through the SCP, which re-writes its file
+    header) are read back and their pixels compared.
+    """
+    with store.read() as conn:
+        held = sorted(row.sha256 for row in store.files_of(conn, scan.scan_id))
+    if not held or held == sorted(hashlib.sha256(u.data).hexdigest() for u in uploads):
+        return
+    with tempfile.TemporaryDirectory(dir=scratch, prefix="held-") as folder:
+        held_scan = read_source(materialise(store, scan.scan_id, Path(folder)), limits=read_limits)
+    if held_scan.counts.shape == scan.counts.shape and np.array_equal(held_scan.counts, scan.counts):
+        return
+    raise IntakeError(f"a different image is already held under scan id {scan.scan_id[:80]}; not stored "
+                      "(does the scanner re-use ids?)", conflict=True)
 
 
 def _lane(metadata) -> str | None:

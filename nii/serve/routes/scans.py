@@ -101,7 +101,8 @@ async def submit_scan(files: Annotated[list[UploadFile], File(description="one s
     try:
         accepted = await asyncio.to_thread(service.submit, uploads, source="http", username=user.username)
     except IntakeError as err:
-        code = status.HTTP_413_CONTENT_TOO_LARGE if err.too_large else status.HTTP_422_UNPROCESSABLE_CONTENT
+        code = (status.HTTP_413_CONTENT_TOO_LARGE if err.too_large else status.HTTP_409_CONFLICT if err.conflict
+                else status.HTTP_422_UNPROCESSABLE_CONTENT)
         raise HTTPException(code, str(err)) from None
     if accepted.duplicate:
         response.status_code = status.HTTP_200_OK
