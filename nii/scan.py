@@ -27,6 +27,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from datetime import datetime
 from enum import Enum
 from types import MappingProxyType
@@ -102,6 +103,8 @@ def _expected_shape_ok(kind: ScanKind, shape: tuple[int, ...]) -> bool:
         return len(shape) == 3 and shape[2] == 3
     return len(shape) == 3
 
+
+_SCAN_ID = re.compile(r"(?!\.\.?$)(?! )[^\x00-\x1f\x7f/\\]{0,127}[^\x00-\x1f\x7f/\\ ]")
 
 _SHAPE_RULE = {
     ScanKind.SINGLE_ENERGY: "(rows, cols)",
@@ -199,6 +202,11 @@ class Scan:
         for name, value in (("modality", self.modality), ("scan_id", self.scan_id), ("scanner_id", self.scanner_id)):
             if value is not None and not isinstance(value, str):
                 raise TypeError(f"{name} must be a string, got {type(value).__name__} {value!r}")
+        # The scan id names output folders, sits in URLs and in DICOS text, and
+        # is a key of the service's store (128 characters): a plain token.
+        if self.scan_id and not _SCAN_ID.fullmatch(self.scan_id):
+            raise ValueError(f"scan_id must be 1-128 characters, no '/', '\\', control characters or edge spaces, "
+                             f"and not '.' or '..'; got {self.scan_id[:60]!r}")
         # The scanner id names its profile's folder (calibration/<scanner_id>/).
         if self.scanner_id and (self.scanner_id in (".", "..") or any(c in self.scanner_id for c in "/\\\0")):
             raise ValueError(f"scanner_id must not be a path, got {self.scanner_id!r}")

@@ -93,6 +93,10 @@ def test_sidecar_that_does_not_match_the_byte_count(tmp_path: Path) -> None:
         ({"scan_id": 5}, "scan_id must be a string"),
         ({"scanner_id": ["lane-3"]}, "scanner_id must be a string"),
         ({"scanner_id": "../../tmp"}, "scanner_id must not be a path"),
+        ({"scan_id": "../../etc/passwd"}, "scan_id must be 1-128 characters"),
+        ({"scan_id": ".."}, "scan_id must be 1-128 characters"),
+        ({"scan_id": "AB\u0000C\u001bD"}, "scan_id must be 1-128 characters"),
+        ({"scan_id": "x" * 129}, "scan_id must be 1-128 characters"),
     ],
 )
 def test_bad_sidecar_values_are_named(tmp_path: Path, change: dict, expected: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import pytest
@@ -100,6 +101,13 @@ def test_unreadable_submissions_are_refused_with_their_reason(store, uploads, re
     assert "\n" not in str(err.value) and "/tmp" not in str(err.value)
     with store.transaction() as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(scans)).scalar() == 0
+
+
+def test_a_scan_named_like_an_api_path_is_refused(store, tmp_path):
+    sidecar, raw = sample_uploads("bag-clear")
+    named = Upload(sidecar.name, re.sub(rb'"scan_id": "[^"]*"', b'"scan_id": "events"', sidecar.data))
+    with pytest.raises(IntakeError, match="a word of the service's API"):
+        accept_scan(store, [named, raw], source="http", username="op")
 
 
 def test_size_limits_refuse_before_reading(store):

@@ -33,6 +33,8 @@ from nii.serve.store import Store, scan_files, scans, utc_now
 __all__ = ["Accepted", "IntakeError", "IntakeLimits", "Upload", "accept_scan", "materialise", "source_files", "uploads_of"]
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+# Paths under /api/scans/ that are not scan ids: a scan named so could never be opened.
+_API_WORDS = frozenset({"events"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,6 +203,9 @@ def _read_one_scan(folder: Path, names: list[str], read_limits: ReadLimits):
         raise IntakeError(reason, too_large=isinstance(err, ScanTooLargeError)) from None
     if not scan.scan_id:
         raise IntakeError("the scan has no id (a DICOM file without SOP Instance UID)")
+    if scan.scan_id in _API_WORDS:
+        raise IntakeError(f"scan id {scan.scan_id!r} is a word of the service's API (/api/scans/{scan.scan_id}); "
+                          "give the scan another id")
     return scan
 
 
