@@ -205,10 +205,12 @@ def test_one_writer_for_files_and_bytes_and_the_reader_refuses_what_is_no_tdr(tm
 
 
 @requires_dciodvfy
-@pytest.mark.parametrize("outcome", [*OUTCOMES, "threat, long note", "threat, missed"])
+@pytest.mark.parametrize("outcome", [*OUTCOMES, "threat, long note", "threat, control characters", "threat, missed"])
 def test_report_passes_dciodvfy(tmp_path, outcome):
     if outcome == "threat, long note":
         ds = officer(machine_of("volume"), note="ü\\" * 9000, operator="o" * 64)
+    elif outcome == "threat, control characters":  # as typed or pasted into the viewer's note
+        ds = officer(machine_of("volume"), note="wires\u0000 to\ta\u001b[1m battery\r\nsee photo\u007f", operator="o\u0001p")
     elif outcome == "threat, missed":
         ds = officer(machine_of(alerts=False))
     else:

@@ -236,7 +236,9 @@ def test_uids_are_valid_and_the_same_for_the_same_analysis():
 def long_text() -> tuple[Scan, list[Alert], str]:
     """A bag tag and an explanation far over their VRs' lengths, non-ASCII, with backslashes."""
     scan, alerts = radiograph()
-    tag = "Gepäck\\" + "9" * 100  # in LO, a backslash would split the value in two
+    # In LO, a backslash would split the value in two; control characters
+    # (a sidecar's bag tag) are in no text VR.
+    tag = "Gepäck\\\u0000\u001b" + "9" * 100
     mask = np.ones(scan.spatial_shape, bool)
     alerts += fuse_regions([Region("knife", 0.7, (20, 15, 40, 25), DETECTOR, mask=mask,  # box over the edge
                                    explanation="C:\\scans ünïcode " * 900)])

@@ -77,6 +77,7 @@ import io
 import json
 import math
 import os
+import re
 import uuid
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta
@@ -185,6 +186,9 @@ _UID_NAMESPACE = uuid.UUID("11cb77bf-50fe-430d-98e3-1a221658ddff")
 
 # Longest value of each text VR used here (DICOM PS3.5 table 6.2-1), in bytes.
 _MAX_CHARS = {"SH": 16, "LO": 64, "LT": 10240}
+# Control characters no text VR allows in UTF-8 (ISO_IR 192) text; LT keeps
+# its line breaks (LF, FF, CR). A tab becomes a space.
+_NOT_TEXT = re.compile(r"[\x00-\x08\x0b\x0e-\x1f\x7f]")
 
 
 def tdr_uid(*parts: str) -> UID:
@@ -792,10 +796,10 @@ def _nii_version() -> str:
 def _text(value: str, vr: str) -> str:
     """A value that fits its VR: SH and LO on one line, without backslash; at most the VR's length.
 
-    The length counts UTF-8 bytes, as validators do, and a cut never splits
-    a character.
+    Control characters (from a sidecar, a note) are dropped. The length
+    counts UTF-8 bytes, as validators do, and a cut never splits a character.
     """
-    text = str(value)
+    text = _NOT_TEXT.sub("", str(value).replace("\t", " "))
     if vr != "LT":  # LT is free text; in SH and LO a backslash would split the value in two
         text = " ".join(text.replace("\\", "/").split())
     return text.encode("utf-8")[: _MAX_CHARS[vr]].decode("utf-8", errors="ignore")
