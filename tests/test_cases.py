@@ -69,10 +69,17 @@ def test_closed_cases_reopen_only_by_a_supervisor(store):
     with store.transaction() as conn:
         case_id = open_case(store, conn, OP, [bag]).case_id
         update_case(store, conn, OP, case_id, status="closed")
-    for user, change in [(OP, {"status": "open"}), (SUP, {"description": "edited after closing"})]:
+    parcel = scan(store, "parcel-dicos-dx")
+    for change in [lambda conn: update_case(store, conn, OP, case_id, status="open"),
+                   lambda conn: update_case(store, conn, SUP, case_id, description="edited after closing"),
+                   lambda conn: add_note(store, conn, SUP, case_id, "one more thing"),
+                   lambda conn: add_attachment(store, conn, OP, case_id, "late.jpg", JPEG),
+                   lambda conn: add_scans(store, conn, OP, case_id, [parcel])]:
         with pytest.raises(CaseError) as err, store.transaction() as conn:
-            update_case(store, conn, user, case_id, **change)
-        assert err.value.status == 409
+            change(conn)
+        assert err.value.status == 409 and "closed" in str(err.value)
+    with store.read() as conn:
+        assert get_case(conn, case_id).scan_ids == (bag,)
     with store.transaction() as conn:
         assert update_case(store, conn, SUP, case_id, status="open").status == "open"
 

@@ -186,7 +186,7 @@ def update_case(store: Store, conn: Connection, user: User, case_id: int, *, sta
     if current.status == CaseStatus.CLOSED.value:
         reopening = values.get("status") in (CaseStatus.OPEN.value, CaseStatus.REFERRED.value)
         if not (reopening and user.can(Permission.REVERSE_DECISION)):
-            raise CaseError("the case is closed; only a supervisor can reopen it", 409)
+            raise CaseError(_CLOSED, 409)
     changed = {k: v for k, v in values.items() if getattr(current, k) != v}
     if not changed:
         return current
@@ -199,7 +199,7 @@ def update_case(store: Store, conn: Connection, user: User, case_id: int, *, sta
 def add_scans(store: Store, conn: Connection, user: User, case_id: int, scan_ids: Sequence[str]) -> Case:
     """Add scans to a case (a second scan of the same bag, the rest of a consignment)."""
     _require_officer(user)
-    current = get_case(conn, case_id)
+    current = _changeable(conn, case_id)
     new = [s for s in _check_scans(conn, scan_ids) if s not in current.scan_ids]
     if new:
         conn.execute(case_scans.insert(), [{"case_id": case_id, "scan_id": s} for s in new])
@@ -212,7 +212,7 @@ def add_scans(store: Store, conn: Connection, user: User, case_id: int, scan_ids
 def add_note(store: Store, conn: Connection, user: User, case_id: int, text: str) -> Case:
     """Append a note; notes are never edited, only added."""
     _require_officer(user)
-    get_case(conn, case_id)
+    _changeable(conn, case_id)
     text = _checked({"description": text}).get("description")  # same rules as a description
     if not text:
         raise CaseError("the note is empty", 422)
@@ -230,7 +230,7 @@ def add_attachment(store: Store, conn: Connection, user: User, case_id: int, nam
     The type is read from the bytes; the name is only a label, made safe.
     """
     _require_officer(user)
-    get_case(conn, case_id)
+    _changeable(conn, case_id)
     if len(data) > MAX_ATTACHMENT_BYTES:
         raise CaseError(f"the attachment has {len(data)} bytes; the limit is {MAX_ATTACHMENT_BYTES}", 413)
     media_type = next((t for magic, t in ATTACHMENT_TYPES.items() if data.startswith(magic)), None)
@@ -245,6 +245,17 @@ def add_attachment(store: Store, conn: Connection, user: User, case_id: int, nam
     audit.append(store, conn, username=user.username, action="case_attachment", target=audit_target(case_id),
                  detail={"name": label, "sha256": digest, "size": len(data), "media_type": media_type})
     return get_case(conn, case_id)
+
+
+_CLOSED = "the case is closed; only a supervisor can reopen it"
+
+
+def _changeable(conn: Connection, case_id: int) -> Case:
+    """The case, unless it is closed (409): scans, notes and attachments wait for a reopening."""
+    current = get_case(conn, case_id)
+    if current.status == CaseStatus.CLOSED.value:
+        raise CaseError(_CLOSED, 409)
+    return current
 
 
 def get_case(conn: Connection, case_id: int) -> Case:
