@@ -185,13 +185,17 @@ def test_only_a_supervisor_reverses_a_decision(store):
         history = decisions_of(conn, scan_id)
     assert reversal.supersedes == first.id and [d.outcome for d in history] == ["search", "threat"]
     for kwargs, code in [({"outcome": "threat"}, 422), ({"outcome": "clear", "category": "OTHER"}, 422),
-                         ({"outcome": "maybe"}, 422)]:
+                         ({"outcome": "maybe"}, 422),
+                         ({"outcome": "threat", "category": "CONTRABAND", "note": "same again"}, 409)]:
         with pytest.raises(DecisionError) as err, store.transaction() as conn:
             record_decision(store, conn, sup, scan_id, **kwargs)
         assert err.value.status == code
     with pytest.raises(DecisionError) as err, store.transaction() as conn:
         record_decision(store, conn, sup, "no-such-scan", "clear")
     assert err.value.status == 404
+    with store.read() as conn:
+        assert len(decisions_of(conn, scan_id)) == 2
+        assert [e.action for e in audit.entries(conn, target=scan_id)].count("reverse_decision") == 1
 
 
 def test_audit_chain_detects_a_changed_entry(store):

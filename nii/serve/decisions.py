@@ -89,8 +89,8 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
     ------
     DecisionError
         No such scan (404); not allowed to decide or to reverse (403); a
-        threat without a category, a category without a threat, or a note
-        too long (422).
+        "reversal" to the standing decision (409); a threat without a
+        category, a category without a threat, or a note too long (422).
     ValueError
         The stored machine TDR (or the superseded operator TDR) is not one.
     OSError
@@ -111,10 +111,16 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
         raise DecisionError(f"the note has {len(note)} characters; the limit is {_MAX_NOTE}", 422)
     if conn.execute(sa.select(scans.c.scan_id).where(scans.c.scan_id == scan_id)).first() is None:
         raise DecisionError(f"no scan {scan_id[:80]}", 404)
-    last = conn.execute(sa.select(decisions.c.id).where(decisions.c.scan_id == scan_id)
-                        .order_by(decisions.c.id.desc()).limit(1)).scalar()
+    latest = conn.execute(sa.select(decisions.c.id, decisions.c.outcome, decisions.c.category)
+                          .where(decisions.c.scan_id == scan_id).order_by(decisions.c.id.desc()).limit(1)).first()
+    last = latest.id if latest is not None else None
     if last is not None and not user.can(Permission.REVERSE_DECISION):
         raise DecisionError("this scan already has a decision; only a supervisor can reverse it", 403)
+    # Stating the standing decision again reverses nothing; counted as a
+    # reversal it would inflate the reversal rate supervisors are judged by.
+    if latest is not None and (latest.outcome, latest.category) == (outcome.value, category):
+        standing = outcome.value + (f"/{category}" if category else "")
+        raise DecisionError(f"the scan's decision is already {standing}; a reversal must differ", 409)
     values = {"scan_id": scan_id, "decided_at": utc_now(), "username": user.username, "outcome": outcome.value,
               "category": category, "note": note or None, "supersedes": last}
     values["operator_tdr_sha256"] = _store_operator_tdr(store, conn, values)
