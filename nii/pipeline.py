@@ -34,7 +34,7 @@ from nii.detect.registry import ModelArtifactError, detector_from_artifact, open
 from nii.ingest import ScanReadError, ScanSource, read_scan, read_source
 from nii.scan import Scan, ScanKind
 
-__all__ = ["ALARM", "CLEAR", "DEFAULT_CONFIG", "STAGES", "AnalysisError", "ModelChoice", "PipelineConfig", "Pipeline", "ScanResult",
+__all__ = ["ALARM", "CLEAR", "DEFAULT_CONFIG", "STAGES", "AnalysisError", "check_alarm_thresholds", "ModelChoice", "PipelineConfig", "Pipeline", "ScanResult",
            "load_pipeline_config"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "configs" / "pipeline.toml"
@@ -78,6 +78,30 @@ class ModelChoice:
         if self.scan_kinds is not None and scan.kind.value not in self.scan_kinds:
             return False
         return scan.scanner_id not in self.skip_scanners
+
+
+def check_alarm_thresholds(thresholds: Mapping[str, float], classes: Sequence[str]) -> None:
+    """Refuse alarm thresholds for classes a model does not detect.
+
+    A mistyped class (``"knfe"``) would otherwise be kept and change
+    nothing, while whoever set it believes the alarm moved.
+
+    Parameters
+    ----------
+    thresholds : mapping of class to float
+        ``"*"`` stands for every class.
+    classes : sequence of str
+        The classes on the model's card.
+
+    Raises
+    ------
+    ValueError
+        Naming the first unknown class and the model's classes.
+    """
+    unknown = sorted(set(thresholds) - {"*", *classes})
+    if unknown:
+        raise ValueError(f"no class {unknown[0]!r} to set an alarm threshold for; it detects "
+                         f"{', '.join(classes)} ('*' for all)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,6 +286,7 @@ class Pipeline:
                 if device is not None and artifact.card.get("kind") != "physics-rule":
                     options["device"] = device
                 detector = detector_from_artifact(artifact, **options)
+                check_alarm_thresholds(choice.alarm_thresholds, artifact.card.get("classes", ()))
             except (ModelArtifactError, TypeError, ValueError) as err:
                 raise ValueError(f"pipeline model {choice.name}: {' '.join(str(err).split())}") from None
             self.detectors.append((choice, detector))

@@ -93,6 +93,15 @@ def test_bad_configs_are_refused_in_one_line(tmp_path, text, message):
     assert "\n" not in str(err.value)
 
 
+def test_an_alarm_threshold_for_a_class_the_model_does_not_detect_is_refused(tmp_path):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(f"models_root = '{SAMPLES.parent / 'models'}'\n"
+                    "[models.rule-opaque.alarm_thresholds]\nopaque = 0.4\nopaqe = 0.5\n")
+    with pytest.raises(ValueError, match="pipeline model rule-opaque: no class 'opaqe'.*it detects opaque") as err:
+        Pipeline.from_config(path)
+    assert "\n" not in str(err.value)
+
+
 def test_a_missing_model_is_refused_by_name(tmp_path):
     path = tmp_path / "pipeline.toml"
     path.write_text(f"models_root = '{SAMPLES.parent / 'models'}'\n[models.no-such-model]\n")

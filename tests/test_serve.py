@@ -213,6 +213,8 @@ def test_only_model_developers_and_admins_change_thresholds(client, service):
     assert client.put("/api/config/thresholds", json=change, headers=op).status_code == 403
     assert client.put("/api/config/thresholds", json={"no-model": {"*": 0.5}}, headers=dev).status_code == 422
     assert client.put("/api/config/thresholds", json={"rule-opaque": {"*": 7}}, headers=dev).status_code == 422
+    typo = client.put("/api/config/thresholds", json={"contraband-fcos": {"knfe": 0.5}}, headers=dev)
+    assert typo.status_code == 422 and "no class 'knfe'" in typo.json()["detail"]
     reply = client.put("/api/config/thresholds", json=change, headers=dev)
     assert reply.status_code == 200 and reply.json()["changed"]["rule-opaque"] == {"*": 0.5}
     current = client.get("/api/config/thresholds", headers=op).json()

@@ -30,7 +30,8 @@ from nii.calibrate.calibrated import CalibratedScan
 from nii.calibrate.correct import calibrate_with_scanner_profile, warm_scanner_profiles
 from nii.config import read_toml
 from nii.ingest import read_source
-from nii.pipeline import AnalysisError, Pipeline, PipelineConfig, load_pipeline_config
+from nii.detect.registry import open_artifact
+from nii.pipeline import AnalysisError, Pipeline, PipelineConfig, check_alarm_thresholds, load_pipeline_config
 from nii.serve import audit
 from nii.serve.intake import Accepted, IntakeLimits, Upload, accept_scan, materialise
 from nii.serve.report import ReportingConfig, reporting_config
@@ -333,15 +334,21 @@ class Service:
         Raises
         ------
         ValueError
-            An unknown model or a threshold outside [0, 1].
+            An unknown model or class, or a threshold outside [0, 1].
         """
-        known = {m.name for m in self.base_pipeline_config.models}
+        config = self.base_pipeline_config
+        known = {m.name: m for m in config.models}
         for model, by_class in changes.items():
             if model not in known:
                 raise ValueError(f"unknown model {model!r}; the pipeline runs {', '.join(sorted(known))}")
             for cls, value in by_class.items():
                 if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
                     raise ValueError(f"{model} threshold for {cls!r} must be a number in [0, 1], got {value!r}")
+            card = open_artifact(model, known[model].version, config.models_root).card
+            try:
+                check_alarm_thresholds(by_class, card.get("classes", ()))
+            except ValueError as err:
+                raise ValueError(f"{model}: {err}") from None
         with self.store.transaction() as conn:
             current = conn.execute(sa.select(settings.c.value).where(settings.c.key == _THRESHOLDS_KEY)).scalar()
             merged = json.loads(current) if current else {}
