@@ -345,6 +345,37 @@ def test_hot_folder_picks_each_file_up_once(tmp_path):
         assert conn.execute(sa.select(sa.func.count()).select_from(scans)).scalar() == 2
 
 
+def test_hot_folder_leaves_nothing_behind_and_retries_what_was_still_being_written(tmp_path):
+    store = Store.open(tmp_path / "data")
+    service = Service(store, ServiceConfig(workers=1))
+    hot = HotFolder(service, tmp_path / "in", settle_seconds=0.0, pair_timeout_s=0.3)
+    inbox, quarantine, done = tmp_path / "in", tmp_path / "in" / "quarantine", tmp_path / "in" / "done"
+    raw, dx = (SAMPLES / "bag-clear.raw").read_bytes(), (SAMPLES / "parcel-dicos-dx.dcm").read_bytes()
+    (inbox / "late.raw").write_bytes(raw)  # its sidecar comes later than the settle time
+    (inbox / "notes.json").write_text('{"shift": "night"}')  # JSON that is no sidecar
+    (inbox / "parcel.txt").write_bytes(dx)  # a DICOS under a name the walk leaves out
+    hot.poll(), hot.poll()
+    assert (inbox / "late.raw").exists()  # waiting for its sidecar, not quarantined
+    sidecar = json.loads((SAMPLES / "bag-clear.json").read_text())
+    (inbox / "late.json").write_text(json.dumps({**sidecar, "data_file": "late.raw"}))
+    (inbox / "orphan.json").write_text(json.dumps({**sidecar, "data_file": "never.raw", "scan_id": "orphan"}))
+    (inbox / "slow.dcm").write_bytes(dx[:2000])  # a writer that paused mid-file
+    hot.poll(), hot.poll()
+    time.sleep(0.35)
+    hot.poll()
+    assert sorted(p.name for p in inbox.iterdir()) == ["done", "quarantine"]  # nothing left waiting
+    assert sorted(p.name for p in done.iterdir()) == ["late.json", "late.raw", "parcel.txt"]
+    reasons = {p.name.removesuffix(".reason.txt"): p.read_text() for p in quarantine.glob("*.reason.txt")}
+    assert set(reasons) == {"notes.json", "orphan.json", "slow.dcm"}
+    assert "not a raw sidecar" in reasons["notes.json"] and "never.raw" in reasons["orphan.json"]
+    with open(quarantine / "slow.dcm", "ab") as writer:  # the writer goes on, into the moved file
+        writer.write(dx[2000:])
+    hot.poll(), hot.poll()
+    assert (done / "slow.dcm").exists() and not (quarantine / "slow.dcm.reason.txt").exists()
+    with store.transaction() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(scans)).scalar() == 2  # bag, parcel
+
+
 def test_hot_folder_thread_runs_until_stopped(tmp_path):
     store = Store.open(tmp_path / "data")
     service = Service(store, ServiceConfig(workers=1))

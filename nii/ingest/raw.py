@@ -38,14 +38,15 @@ from nii.ingest.errors import CorruptScanError, UnsupportedScanError, refuse_on_
 from nii.ingest.limits import ReadLimits, check_pixel_budget
 from nii.scan import Scan, ScanFormat, ScanKind
 
-__all__ = ["LAYOUTS", "MAX_SIDECAR_BYTES", "read_raw", "write_raw", "find_sidecar", "is_raw_sidecar", "sidecar_data_file"]
+__all__ = ["DATA_SUFFIXES", "LAYOUTS", "MAX_SIDECAR_BYTES", "read_raw", "write_raw", "find_sidecar", "is_raw_sidecar", "sidecar_data_file"]
 
 LAYOUTS = ("planar", "interleaved", "side_by_side")
 _DTYPES = ("uint8", "uint16", "uint32", "float32")
 #: A sidecar is a few hundred bytes, or a few kB with a cargo manifest;
 #: megabytes of "JSON" are refused.
 MAX_SIDECAR_BYTES = 1_000_000
-_DATA_SUFFIXES = (".raw", ".bin", ".dat")
+#: Suffixes a raw dump's data file may have (found beside its sidecar by stem).
+DATA_SUFFIXES = (".raw", ".bin", ".dat")
 
 
 def is_raw_sidecar(text: str) -> bool:
@@ -88,11 +89,11 @@ def sidecar_data_file(sidecar: str | os.PathLike, doc: dict[str, Any] | None = N
             raise CorruptScanError(f"data_file {str(name)!r} must be a plain name beside the sidecar")
         return sidecar.with_name(str(name))
     stem = sidecar.name[: -len(".json")] if sidecar.name.endswith(".json") else sidecar.stem
-    for suffix in ("",) + _DATA_SUFFIXES:
+    for suffix in ("",) + DATA_SUFFIXES:
         candidate = sidecar.with_name(stem if suffix == "" else Path(stem).stem + suffix)
         if candidate.is_file() and candidate != sidecar and candidate.suffix != ".json":
             return candidate
-    raise CorruptScanError(f"no data file found beside sidecar (looked for {stem} with {', '.join(_DATA_SUFFIXES)})")
+    raise CorruptScanError(f"no data file found beside sidecar (looked for {stem} with {', '.join(DATA_SUFFIXES)})")
 
 
 def _field(doc: dict[str, Any], key: str, allowed: tuple[Any, ...] | None = None, default: Any = None) -> Any:

@@ -9,6 +9,13 @@ intake as every other way in. Then:
 - refused: they move to ``quarantine/`` beside ``<name>.reason.txt``, which
   holds the one-line reason.
 
+Half of a raw pair (a sidecar, or a ``.raw``/``.bin``/``.dat`` data file)
+waits ``pair_timeout_s`` for the other half. Any other file that is no
+scan (notes, stray JSON) is submitted as it is once it has waited as long,
+and so ends in ``done/`` or ``quarantine/`` like the rest. A quarantined
+file that changes afterwards (a writer that paused longer than the settle
+time) goes back into the folder to be tried again.
+
 Nothing is deleted, so nothing is lost. A crash between submitting and
 moving is harmless: at the next start the file is submitted again, the
 intake sees the same scan id, and the file moves to ``done/``.
@@ -17,6 +24,7 @@ intake sees the same scan id, and the file moves to ``done/``.
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import threading
 import time
@@ -24,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from nii.ingest import ScanReadError, ScanSource, find_scans
+from nii.ingest.raw import DATA_SUFFIXES
 from nii.serve.intake import IntakeError, source_files, uploads_of
 from nii.serve.service import Service
 
@@ -33,9 +42,6 @@ DONE = "done"
 QUARANTINE = "quarantine"
 log = logging.getLogger("nii.serve.hotfolder")
 
-# A sidecar whose data file has not appeared after this long is submitted
-# anyway, so it is quarantined with the reason instead of waiting forever.
-_PAIR_TIMEOUT_S = 30.0
 
 
 class HotFolder:
@@ -50,15 +56,20 @@ class HotFolder:
         How long a file's size and modification time must stay unchanged.
     poll_seconds : float
         How often the folder is listed.
+    pair_timeout_s : float
+        How long half a raw pair, or a file that is no scan, waits (once
+        settled) before it is submitted as it is, and so quarantined with
+        its reason instead of waiting forever.
     """
 
     def __init__(self, service: Service, folder: str | Path, *, settle_seconds: float = 1.0,
-                 poll_seconds: float = 0.25) -> None:
+                 poll_seconds: float = 0.25, pair_timeout_s: float = 30.0) -> None:
         self.service, self.folder = service, Path(folder)
-        self.settle_seconds, self.poll_seconds = settle_seconds, poll_seconds
+        self.settle_seconds, self.poll_seconds, self.pair_timeout_s = settle_seconds, poll_seconds, pair_timeout_s
         for sub in (DONE, QUARANTINE):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         self._seen: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
+        self._quarantined: dict[Path, tuple[Path, int, int]] = {}  # there -> (from, size, mtime_ns)
         self._stop = threading.Event()
 
     def start(self) -> Callable[[], None]:
@@ -84,20 +95,62 @@ class HotFolder:
         """Submit every scan that has settled; return how many were handled."""
         now = time.monotonic()
         handled = 0
+        self._retry_what_changed_in_quarantine()
+        claimed: set[Path] = set()
         for source in self._sources():
             files = source_files(source)
-            if not all(self._settled(f, now) for f in files):
+            claimed.update((source.path, *files))
+            present = [f for f in files if f.exists()]
+            if not present or not all(self._settled(f, now) for f in present):
                 continue
-            if source.path.suffix.lower() == ".json" and len(files) == 1 and \
-                    now - self._seen[files[0]][2] < _PAIR_TIMEOUT_S:
-                continue  # a sidecar whose data file is still on its way
-            self._submit(source, files)
+            if self._half_a_pair(source, files, present) and not self._waited(present[0], now):
+                continue
+            self._submit(source, present)
             handled += 1
+        for path in self._strays(claimed):
+            if self._settled(path, now) and self._waited(path, now):
+                self._submit(ScanSource(path), [path])
+                handled += 1
         self._seen = {p: v for p, v in self._seen.items() if p.exists()}
         return handled
 
     def _sources(self) -> list[ScanSource]:
         return list(find_scans([self.folder], skip=[self.folder / DONE, self.folder / QUARANTINE]))
+
+    def _strays(self, claimed: set[Path]) -> list[Path]:
+        """Files no scan claims: what the walk leaves out (notes, other JSON) or not yet paired."""
+        strays = []
+        for folder, dirnames, filenames in os.walk(self.folder):
+            top = Path(folder) == self.folder
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and not (top and d in (DONE, QUARANTINE)))
+            strays += [Path(folder) / n for n in sorted(filenames)
+                       if not n.startswith(".") and Path(folder) / n not in claimed]
+        return strays
+
+    @staticmethod
+    def _half_a_pair(source: ScanSource, files: list[Path], present: list[Path]) -> bool:
+        """A sidecar without its data file, or a raw data file without its sidecar (yet)."""
+        if len(present) < len(files) or (source.path.suffix.lower() == ".json" and len(files) == 1):
+            return True
+        return not source.slices and source.path.suffix.lower() in DATA_SUFFIXES
+
+    def _waited(self, path: Path, now: float) -> bool:
+        return now - self._seen[path][2] >= self.pair_timeout_s
+
+    def _retry_what_changed_in_quarantine(self) -> None:
+        """Put back a quarantined file that changed since: its writer had only paused."""
+        for there, (came_from, size, mtime_ns) in list(self._quarantined.items()):
+            try:
+                stat = there.stat()
+            except FileNotFoundError:
+                del self._quarantined[there]
+                continue
+            if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns) and not came_from.exists():
+                del self._quarantined[there]
+                shutil.move(str(there), came_from)
+                there.with_name(there.name + ".reason.txt").unlink(missing_ok=True)
+                log.warning("hot folder: %s changed in quarantine (still being written); trying it again",
+                            came_from.name)
 
     def _settled(self, path: Path, now: float) -> bool:
         try:
@@ -132,6 +185,9 @@ class HotFolder:
             shutil.move(str(path), target)
             if reason is not None:
                 target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
+                if target.is_file():
+                    stat = target.stat()
+                    self._quarantined[target] = (path, stat.st_size, stat.st_mtime_ns)
             self._seen.pop(path, None)
 
 

@@ -192,6 +192,11 @@ def _lane(metadata) -> str | None:
 
 def _read_one_scan(folder: Path, names: list[str], read_limits: ReadLimits):
     sources = list(find_scans([folder]))
+    if not sources and len(names) == 1:
+        # One file sent on its own is read whatever its name (a DICOS
+        # named .txt), as a file named on the command line is; the walk
+        # leaves out notes and other JSON only beside scans.
+        sources = [ScanSource(folder / names[0])]
     if len(sources) != 1:
         raise IntakeError(f"the {len(names)} files sent hold {len(sources)} scans; send one scan per submission"
                           if sources else "the files sent hold no scan")
@@ -244,6 +249,11 @@ def materialise(store: Store, scan_id: str, folder: Path) -> ScanSource:
         except OSError:
             shutil.copyfile(blob, target)
     sources = list(find_scans([folder]))
+    if not sources and len(names) == 1:
+        # One file sent on its own is read whatever its name (a DICOS
+        # named .txt), as a file named on the command line is; the walk
+        # leaves out notes and other JSON only beside scans.
+        sources = [ScanSource(folder / names[0])]
     if len(sources) != 1:
         raise LookupError(f"scan {scan_id}: its stored files hold {len(sources)} scans")
     return sources[0]
