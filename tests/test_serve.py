@@ -137,6 +137,18 @@ def test_numbers_no_database_holds_are_refused_in_one_line(client, analysed):
         assert reply.status_code == 422, (path, reply.status_code, reply.text)
 
 
+def test_requests_that_fail_validation_get_one_line_without_the_input(client, analysed):
+    op = login(client, "op")
+    note = "wire " * 2000
+    reply = client.post(f"/api/scans/{analysed['bag-threat']}/decisions", json={"outcome": "search", "note": note},
+                        headers=op)
+    detail = reply.json()["detail"]
+    assert reply.status_code == 422 and isinstance(detail, str), reply.text
+    assert detail.startswith("note: ") and "\n" not in detail and "wire wire" not in detail
+    reply = client.post("/api/cases", json={"scan_ids": "x", "seized": "maybe"}, headers=op)
+    assert reply.status_code == 422 and reply.json()["detail"].endswith("(and 1 more)"), reply.text
+
+
 def test_rendering_tools_and_ct_views(client, analysed):
     op = login(client, "op")
     bag, ct = analysed["bag-threat"], analysed["bag-dicos-ct"]

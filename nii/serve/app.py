@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fastapi import FastAPI
-from fastapi.responses import FileResponse
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -66,11 +67,31 @@ async def _too_large(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+def _validation_reason(errors: list[dict]) -> str:
+    """One line for a request that failed validation: where, what, and how many more.
+
+    FastAPI's own answer is a list that echoes the input back (a whole
+    5,000-character note); the sender needs the place and the rule.
+    """
+    first = errors[0]
+    place = list(first.get("loc", ()))
+    if place and place[0] in ("body", "query", "path", "header", "cookie"):
+        place = place[1:]
+    where = ".".join(map(str, place)) or "request"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{where}: {' '.join(str(first.get('msg', 'invalid')).split())}{more}"
+
+
+async def _one_line_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse({"detail": _validation_reason(list(exc.errors()) or [{}])}, status_code=422)
+
+
 def create_app(service: Service) -> FastAPI:
     """The FastAPI app over ``service`` (which the caller starts and stops)."""
     app = FastAPI(title="nii operator service", version=nii.__version__,
                   description="Scans in from scanner hardware, annotated results out to the inspecting officer.")
     app.state.service = service
+    app.add_exception_handler(RequestValidationError, _one_line_validation_error)
     app.include_router(session.router)
     app.include_router(scans.router)
     app.include_router(cases.router)
