@@ -190,6 +190,8 @@ def test_list_filters_by_decision_scanner_and_date(client, analysed):
     assert client.get("/api/scans", params={"since": "2999-01-01"}, headers=op).json()["total"] == 0
     assert client.get("/api/scans", params={"until": "2999-01-01"}, headers=op).json()["total"] == everything["total"]
     assert client.get("/api/scans", params={"since": "yesterday"}, headers=op).status_code == 422
+    no_day = client.get("/api/scans", params={"since": "2026-99-99"}, headers=op)
+    assert no_day.status_code == 422 and "no such date" in no_day.json()["detail"]
 
 
 def test_decisions_roles_and_audit(client, analysed, service):

@@ -104,7 +104,8 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
         raise DecisionError(f"outcome must be one of {', '.join(o.value for o in Outcome)}; got {outcome!r}",
                             422) from None
     if outcome is Outcome.THREAT and category not in THREAT_CATEGORIES:
-        raise DecisionError(f"a confirmed threat needs a category: one of {', '.join(THREAT_CATEGORIES)}", 422)
+        given = f"category {category!r} is not a DICOS threat category" if category else "a confirmed threat needs a category"
+        raise DecisionError(f"{given}: one of {', '.join(THREAT_CATEGORIES)}", 422)
     if outcome is not Outcome.THREAT and category is not None:
         raise DecisionError("a category goes with a confirmed threat only", 422)
     if note is not None and len(note) > _MAX_NOTE:

@@ -7,6 +7,7 @@ import json
 import re
 import time
 import warnings
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 import cv2
@@ -109,6 +110,16 @@ async def submit_scan(files: Annotated[list[UploadFile], File(description="one s
     return Accepted(scan_id=accepted.scan_id, status=accepted.status, duplicate=accepted.duplicate)
 
 
+def _instant(name: str, value: str) -> str:
+    """A date or time from the query as stored times are written; 422 for one no calendar has (2026-99-99)."""
+    text = value.replace(" ", "T")
+    try:
+        datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{name}: no such date or time: {value[:40]!r}") from None
+    return text
+
+
 @router.get("", response_model=ScanList)
 def list_scans(service: ServiceDep, user: Viewer,
                decision: Literal["ALARM", "CLEAR"] | None = None,
@@ -129,9 +140,9 @@ def list_scans(service: ServiceDep, user: Viewer,
     if scanner:
         where.append(scans.c.scanner_id == scanner)
     if since:
-        where.append(scans.c.received_at >= since.replace(" ", "T"))
+        where.append(scans.c.received_at >= _instant("since", since))
     if until:
-        where.append(scans.c.received_at < until.replace(" ", "T"))
+        where.append(scans.c.received_at < _instant("until", until))
     with service.store.read() as conn:
         total = conn.execute(sa.select(sa.func.count()).select_from(scans).where(*where)).scalar()
         rows = _scan_rows(conn, where, limit=limit, offset=offset)
