@@ -19,7 +19,8 @@ import pytest
 from nii.annotate.result import OUTPUT_FILES
 from nii.batch import diff_runs, match_alerts, run_batch
 from nii.batch.engines import ActorPlan, actor_plan
-from nii.batch.results import MANIFEST, ResultsError, read_manifest
+from nii.batch.results import MANIFEST, ResultsError, _differences, read_manifest
+from nii.batch.run import pipeline_identity
 from nii.batch.sources import ArchiveItem, iter_archive
 from nii.cli import main
 from nii.ingest import ScanSource, write_scan
@@ -172,6 +173,13 @@ def test_another_pipeline_into_the_same_results_is_refused_in_one_line(finished,
     no_outputs = main(["batch", "run", str(finished["folder"]), "--out", str(finished["results"]),
                        "--config", str(finished["config"]), "--quiet"])
     assert no_outputs == 2 and "outputs" in capsys.readouterr().err
+
+
+def test_a_refusal_names_only_the_setting_that_changed(tmp_path):
+    config = cheap_config(tmp_path, "scan_kinds = ['dual_energy']\n")  # a tuple in the config, a list once stored
+    identity = pipeline_identity(config)
+    assert identity == json.loads(json.dumps(identity))  # as the manifest reads it back
+    assert _differences(identity, pipeline_identity(config, outputs=True)) == "the same models, but outputs differ"
 
 
 def test_a_missing_archive_is_refused_before_anything_runs(tmp_path, capsys):

@@ -89,6 +89,9 @@ def pipeline_identity(config: str | os.PathLike | None = None, *, outputs: bool 
     identity = {"models": models, "profiles": profiles, "operating_point": pipeline.operating_point,
                 "min_overlap": pipeline.min_overlap, "outputs": bool(outputs)}
     canonical = json.dumps(identity, sort_keys=True, default=str)
+    # As the manifest will read it back (tuples as lists), so that a refusal
+    # names only what really differs.
+    identity = json.loads(canonical)
     return {**identity, "config": str(pipeline.source), "fingerprint": hashlib.sha256(canonical.encode()).hexdigest()}
 
 
