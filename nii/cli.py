@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -195,11 +196,18 @@ def cmd_batch_run(args: argparse.Namespace) -> int:
     """Re-analyse archives into RESULTS (Parquet), resumably; 1 if any scan was refused."""
     from nii.batch import run_batch
 
+    # A scheduler's or a shell's `kill` stops the run as Ctrl-C does: the
+    # scans analysed so far are committed and the workers stopped.
+    signal.signal(signal.SIGTERM, _interrupt)
     summary = run_batch(args.archives, args.out, config=args.config, engine=args.engine, workers=args.workers,
                         outputs=args.outputs, chunk_size=args.chunk_size, ray_address=args.ray_address,
                         progress=not (args.quiet or args.json))
     print(json.dumps(summary.to_dict()) if args.json else summary.text())
     return 1 if summary.errors else 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_batch_diff(args: argparse.Namespace) -> int:

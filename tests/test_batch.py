@@ -182,6 +182,48 @@ def test_a_refusal_names_only_the_setting_that_changed(tmp_path):
     assert _differences(identity, pipeline_identity(config, outputs=True)) == "the same models, but outputs differ"
 
 
+def test_the_walk_follows_links_reports_broken_ones_and_leaves_other_runs_results_out(tmp_path):
+    archive, elsewhere = tmp_path / "archive", tmp_path / "elsewhere"
+    write_tiny_scans(archive, 1)
+    write_tiny_scans(elsewhere, 2, start=10)
+    (archive / "linked").symlink_to(elsewhere, target_is_directory=True)
+    (archive / "loop").symlink_to(archive, target_is_directory=True)  # walked once, not for ever
+    (archive / "gone.npz").symlink_to(tmp_path / "deleted.npz")
+    old_run = archive / "old-results"
+    write_tiny_scans(old_run / "outputs", 1, start=20)
+    (old_run / MANIFEST).write_text("")
+    for name in ("container.json", "container.raw"):
+        shutil.copy(REPO / "sample_scans" / name, archive / name)
+    listed = tmp_path / "scans.txt"  # saved with a byte-order mark, naming the raw half of a pair
+    listed.write_bytes("\ufeffarchive/container.raw\n".encode("utf-8"))
+    items = list(iter_archive([archive, listed]))
+    names = sorted(Path(i.path).name for i in items)
+    assert names == ["bag-00000.npz", "bag-00010.npz", "bag-00011.npz", "container.json", "container.json",
+                     "gone.npz"]
+    assert len({i.key for i in items}) == 5  # the listed raw file is its sidecar's scan
+    results = tmp_path / "results"
+    summary = run_batch([archive, listed], results, config=cheap_config(tmp_path), workers=1, progress=False)
+    assert summary.analysed == 5 and summary.listed_twice == 1
+    assert "no such file" in next(r["error"] for r in scans_table(results) if r["path"].endswith("gone.npz"))
+
+
+def test_an_archive_without_scans_or_with_a_list_that_is_not_utf8_is_refused(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "README.txt").write_text("scans from lane 3")
+    assert main(["batch", "run", str(tmp_path / "empty"), "--out", str(tmp_path / "r1"), "--quiet"]) == 2
+    assert "no scans found in" in capsys.readouterr().err
+    latin = tmp_path / "scans.txt"
+    latin.write_bytes(b"# lane 3\nGep\xe4ck/bag.npz\n")
+    assert main(["batch", "run", str(latin), "--out", str(tmp_path / "r2"), "--quiet"]) == 2
+    assert f"list file {latin}: line 2 is not UTF-8" in capsys.readouterr().err
+
+
+def test_local_workers_are_at_most_the_cores():
+    from nii.batch.engines import LocalEngine, available_cores
+
+    assert LocalEngine({}, workers=64).workers == available_cores()
+
+
 def test_a_missing_archive_is_refused_before_anything_runs(tmp_path, capsys):
     code = main(["batch", "run", str(tmp_path / "nowhere"), "--out", str(tmp_path / "results")])
     assert code == 2 and "nowhere: no such file or folder" in capsys.readouterr().err
@@ -218,6 +260,56 @@ def test_killed_run_carries_on_and_every_scan_is_in_the_tables_once(tmp_path):
     assert summary.already_done == done_before and summary.analysed == 300 - done_before
     keys = [r["key"] for r in scans_table(results)]
     assert sorted(keys) == sorted(str(p.resolve()) for p in paths)  # each exactly once
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:  # a zombie (dead, waiting for its reaper) is not running
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("how", ["SIGTERM", "SIGKILL"])
+def test_a_run_stopped_by_a_signal_leaves_no_workers_behind(tmp_path, how):
+    archive = tmp_path / "archive"
+    write_tiny_scans(archive, 200)
+    results = tmp_path / "results"
+    command = [sys.executable, "-m", "nii.cli", "batch", "run", str(archive), "--out", str(results),
+               "--config", str(cheap_config(tmp_path)), "--workers", "1", "--chunk-size", "5", "--quiet"]
+    run = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 90
+        while run.poll() is None and time.monotonic() < deadline:
+            manifest = results / MANIFEST
+            if manifest.exists() and '"event":"part"' in manifest.read_text():
+                break
+            time.sleep(0.05)
+        workers = _children(run.pid)
+        assert run.poll() is None and workers, "the signal should land mid-run"
+        run.send_signal(getattr(signal, how))  # the parent only, as a scheduler or the OOM killer does
+        code = run.wait(60)
+    finally:
+        if run.poll() is None:
+            run.kill()
+    deadline = time.monotonic() + 15
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(map(_alive, workers))
+    if how == "SIGTERM":  # stopped as Ctrl-C stops it: what was analysed is committed
+        assert code == 130 and "interrupted" in run.stderr.read()
+    parts = [r for r in read_manifest(results) if r["event"] == "part"]
+    assert parts and len({key for p in parts for key, *_ in p["scans"]}) == sum(len(p["scans"]) for p in parts)
 
 
 def _pool_workers() -> list[int]:

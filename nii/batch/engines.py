@@ -30,6 +30,8 @@ import multiprocessing
 import os
 import re
 import signal
+import threading
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures.process import BrokenProcessPool
@@ -82,10 +84,20 @@ def _start_worker(analyser_kwargs: Mapping[str, Any]) -> None:
     global _ANALYSER, _STARTUP_ERROR
     # Ctrl-C is the parent's to handle: it stops the pool and commits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A parent killed outright (SIGKILL, the OOM killer) cannot stop its
+    # pool: each worker notices it is orphaned and ends itself, instead of
+    # holding a gigabyte and the caller's pipes for ever.
+    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
     try:
         _ANALYSER = ScanAnalyser(**analyser_kwargs)
     except Exception as err:  # noqa: BLE001 - reported by the first task, with its reason
         _STARTUP_ERROR = " ".join(str(err).split()) or type(err).__name__
+
+
+def _exit_when_orphaned(parent: int) -> None:
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 def _analyse_lines(lines: Sequence[str]) -> list[dict[str, Any]]:
@@ -103,7 +115,7 @@ class LocalEngine:
         :class:`~nii.batch.analyse.ScanAnalyser` arguments (``threads`` is
         set here: the cores shared out among the workers).
     workers : int, optional
-        Worker processes (default: the cores available).
+        Worker processes (default, and at most: the cores available).
     batch_size : int
         Scans per task sent to a worker: a few, so that the cost of a
         round trip is shared, and few enough to keep workers evenly busy.
@@ -113,7 +125,9 @@ class LocalEngine:
 
     def __init__(self, analyser_kwargs: Mapping[str, Any], *, workers: int | None = None,
                  batch_size: int = 4) -> None:
-        self.workers = workers or available_cores()
+        # More processes than cores only queue for them, each holding its
+        # own models (about 1 GB): a larger request gets one per core.
+        self.workers = min(workers or available_cores(), available_cores())
         self.batch_size = batch_size
         self.analyser_kwargs = {**analyser_kwargs, "threads": max(1, available_cores() // self.workers)}
 

@@ -273,6 +273,9 @@ def run_batch(archives: Sequence[str | os.PathLike], results: str | os.PathLike,
         summary = BatchSummary(results, runner.name, runner.workers or 0)
         # RESULTS inside an archive folder holds annotated PNGs: never scans to analyse.
         todo, pending = _spool(todo_folder, iter_archive(archives, skip=[results]), manifest.done, summary, progress)
+        if not (pending or summary.already_done or summary.listed_twice):
+            raise ValueError(f"no scans found in {', '.join(str(a) for a in archives)} "
+                             "(linked folders are followed; notes and other runs' RESULTS are left out)")
         if pending:
             manifest.append({"event": "run", "at": utc_now(), "archives": [str(a) for a in archives],
                              "engine": runner.name, "workers": runner.workers, "pending": pending,

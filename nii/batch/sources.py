@@ -29,6 +29,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from nii.ingest import ScanSource, find_scans
+from nii.ingest.raw import DATA_SUFFIXES, find_sidecar
 
 __all__ = ["LIST_SUFFIXES", "STORE_DATABASE", "ArchiveItem", "check_archives", "is_store", "iter_archive"]
 
@@ -69,9 +70,13 @@ class ArchiveItem:
     @classmethod
     def from_source(cls, source: ScanSource) -> ArchiveItem:
         """The item for what :func:`~nii.ingest.find_scans` found."""
-        path = source.path.resolve()
-        key = f"{path}::{source.slices[0].name}" if source.slices else str(path)
-        return cls(key, str(source.path), tuple(str(s) for s in source.slices))
+        path = source.path
+        if not source.slices and path.suffix.lower() in DATA_SUFFIXES:
+            # A raw data file named on its own (in a list) is its sidecar's
+            # scan: one key, so it is not analysed twice.
+            path = find_sidecar(path) or path
+        key = f"{path.resolve()}::{source.slices[0].name}" if source.slices else str(path.resolve())
+        return cls(key, str(path), tuple(str(s) for s in source.slices))
 
     @classmethod
     def from_store(cls, data_dir: Path, scan_id: str) -> ArchiveItem:
@@ -149,13 +154,26 @@ def _walked(path: Path, skip: tuple[str | os.PathLike, ...]) -> Iterator[Archive
     if is_store(path):
         yield from _stored_scans(path)
     else:
-        yield from map(ArchiveItem.from_source, find_scans([path], skip=skip))
+        # Another run's RESULTS inside the archive holds annotated PNGs and
+        # TDRs of scans, not scans: never analysed as if they were.
+        yield from map(ArchiveItem.from_source, find_scans([path], skip=skip, skip_if=_is_results))
+
+
+def _is_results(folder: Path) -> bool:
+    from nii.batch.results import MANIFEST
+
+    return (folder / MANIFEST).is_file()
 
 
 def _listed(list_file: Path, skip: tuple[str | os.PathLike, ...]) -> Iterator[ArchiveItem]:
-    with list_file.open(encoding="utf-8") as lines:
-        for line in lines:
-            entry = line.strip()
+    with list_file.open("rb") as lines:
+        for number, raw_line in enumerate(lines, start=1):
+            try:
+                # utf-8-sig: a list saved by a Windows editor starts with a byte-order mark.
+                entry = raw_line.decode("utf-8-sig" if number == 1 else "utf-8").strip()
+            except UnicodeDecodeError:
+                raise ValueError(f"list file {list_file}: line {number} is not UTF-8 text; "
+                                 "save the list as UTF-8") from None
             if not entry or entry.startswith("#"):
                 continue
             path = Path(entry) if Path(entry).is_absolute() else list_file.parent / entry

@@ -117,6 +117,8 @@ def read_scan(path: str | os.PathLike, *, limits: ReadLimits = ReadLimits()) -> 
     with refuse_on_error("read", str(path)):
         if not path.exists():
             raise CorruptScanError("no such file")
+        if not path.is_file():  # a FIFO or a device would block the read for ever
+            raise UnsupportedScanError("not a regular file")
         fmt = detect_format(path)
         return _READERS[fmt](path, limits=limits)
 
@@ -129,14 +131,18 @@ def read_source(source: ScanSource, *, limits: ReadLimits = ReadLimits()) -> Sca
     return read_scan(source.path, limits=limits)
 
 
-def find_scans(paths: Iterable[str | os.PathLike], *, skip: Iterable[str | os.PathLike] = ()) -> Iterator[ScanSource]:
+def find_scans(paths: Iterable[str | os.PathLike], *, skip: Iterable[str | os.PathLike] = (),
+               skip_if: Callable[[Path], bool] | None = None) -> Iterator[ScanSource]:
     """Walk files and folders, yielding each scan once.
 
     Folders are walked recursively in sorted order, skipping hidden entries,
-    documentation and the folders in ``skip``. A raw data file with a
-    sidecar is yielded once (as its sidecar), and single-slice CT files of
-    one series in one folder are grouped into one source. Files given
-    explicitly are always yielded.
+    documentation, the folders in ``skip`` and those for which ``skip_if``
+    is true. Linked folders are followed (archives are often assembled from
+    links), each real folder once. A raw data file with a sidecar is
+    yielded once (as its sidecar), and single-slice CT files of one series
+    in one folder are grouped into one source. Files given explicitly are
+    always yielded, and so are broken links (they are refused with their
+    reason when read, not silently left out).
     """
     skipped = {Path(p).resolve() for p in skip}
     for given in paths:
@@ -144,9 +150,16 @@ def find_scans(paths: Iterable[str | os.PathLike], *, skip: Iterable[str | os.Pa
         if not given.is_dir():
             yield ScanSource(given)
             continue
-        for folder, dirnames, filenames in os.walk(given):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")
-                                 and (not skipped or (Path(folder) / d).resolve() not in skipped))
+        visited = {given.resolve()}
+        for folder, dirnames, filenames in os.walk(given, followlinks=True):
+            kept = []
+            for d in sorted(dirnames):
+                real = (Path(folder) / d).resolve()
+                if d.startswith(".") or real in skipped or real in visited or (skip_if and skip_if(Path(folder) / d)):
+                    continue
+                visited.add(real)
+                kept.append(d)
+            dirnames[:] = kept
             yield from _scans_in_folder(Path(folder), sorted(f for f in filenames if not f.startswith(".")))
 
 
@@ -162,7 +175,7 @@ def _scans_in_folder(folder: Path, names: list[str]) -> Iterator[ScanSource]:
     series: dict[str, list[Path]] = defaultdict(list)
     singles: list[Path] = []
     for f in files:
-        if f in claimed or not f.is_file():
+        if f in claimed or not (f.is_file() or (f.is_symlink() and not f.exists())):
             continue
         uid = dicom.ct_slice_series(f)
         (series[uid] if uid else singles).append(f)
