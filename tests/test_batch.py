@@ -442,6 +442,22 @@ def test_diff_of_a_run_with_itself_is_empty_and_a_partial_run_shows_what_it_lack
         diff_runs(finished["results"], tmp_path)
 
 
+def test_diff_pairs_a_scan_that_failed_in_one_run_with_its_analysis_in_the_other(finished, tmp_path):
+    failed = tmp_path / "failed"
+    failed.mkdir()
+    shutil.copy(finished["results"] / "alerts.parquet", failed / "alerts.parquet")
+    rows = scans_table(finished["results"])
+    for row in rows:  # as a truncated copy of the file read in run A: no id, no decision, a reason
+        if row["path"].endswith("bag-00000.npz"):
+            row.update(scan_id=None, decision=None, error="NPZ: truncated")
+    pq.write_table(pa.Table.from_pylist(rows, pq.read_schema(finished["results"] / "scans.parquet")),
+                   failed / "scans.parquet")
+    for a, b, change in [(failed, finished["results"], "ERROR->CLEAR"), (finished["results"], failed, "CLEAR->ERROR")]:
+        s = diff_runs(a, b).summary
+        assert s["scans_in_both"] == 10 and s["only_in_a"] == s["only_in_b"] == 0
+        assert s["decisions"] == {change: 1} and s["errors_a"] + s["errors_b"] == 2 + 2 + 1
+
+
 # -- engines ------------------------------------------------------------------
 
 def test_ray_engine_gives_the_local_engines_tables(finished, tmp_path):

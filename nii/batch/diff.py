@@ -124,10 +124,27 @@ def match_alerts(alerts_a: Sequence[Mapping[str, Any]], alerts_b: Sequence[Mappi
             [j for j in range(len(alerts_b)) if j not in used_b])
 
 
-def _sorted_by_scan(path: Path, columns: list[str]) -> pa.Table:
+def _ids_of_failed_scans(folder: Path, other: Path) -> dict[str, str]:
+    """Scan ids the other run found for the scans that failed in this one, by archive key.
+
+    A scan that could not be read has no id of its own; without this it
+    would be "only in A" and "only in B" instead of ERROR -> ALARM.
+    """
+    failed = pq.read_table(folder / "scans.parquet", columns=["key", "scan_id"])
+    keys = failed.filter(pc.is_null(failed["scan_id"]))["key"]
+    if not len(keys):
+        return {}
+    found = pq.read_table(other / "scans.parquet", columns=["key", "scan_id"])
+    found = found.filter(pc.and_(pc.is_in(found["key"], value_set=keys), pc.is_valid(found["scan_id"])))
+    return dict(zip(found["key"].to_pylist(), found["scan_id"].to_pylist()))
+
+
+def _sorted_by_scan(path: Path, columns: list[str], ids_by_key: Mapping[str, str]) -> pa.Table:
     table = pq.read_table(path, columns=columns)
-    ident = pc.coalesce(table["scan_id"], pc.binary_join_element_wise("path:", table["path"], ""))
-    table = table.append_column("ident", ident)
+    by_path = pc.binary_join_element_wise("path:", table["path"], "")
+    borrowed = pc.take(pa.array(list(ids_by_key.values()), pa.string()),
+                       pc.index_in(table["key"], value_set=pa.array(list(ids_by_key), pa.string())))
+    table = table.append_column("ident", pc.coalesce(table["scan_id"], borrowed, by_path))
     return table.sort_by([("ident", "ascending"), ("key", "ascending"), *(
         [("alert_id", "ascending")] if "alert_id" in columns else [])])
 
@@ -137,15 +154,18 @@ def _rows(table: pa.Table) -> Iterator[dict[str, Any]]:
         yield from batch.to_pylist()
 
 
-def _scans_with_alerts(folder: Path) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
-    """``(ident, scan row, its alert rows)`` in ident order; a scan listed twice counts once."""
+def _check_tables(folder: Path) -> None:
     for name in ("scans.parquet", "alerts.parquet"):
         if not (folder / name).exists():
             raise ValueError(f"{folder}: no {name}; is it the RESULTS of a finished nii batch run?")
-    alerts = _rows(_sorted_by_scan(folder / "alerts.parquet", _ALERT_COLUMNS))
+
+
+def _scans_with_alerts(folder: Path, ids_by_key: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:
+    """``(ident, scan row, its alert rows)`` in ident order; a scan listed twice counts once."""
+    alerts = _rows(_sorted_by_scan(folder / "alerts.parquet", _ALERT_COLUMNS, ids_by_key))
     alert = next(alerts, None)
     previous = None
-    for scan in _rows(_sorted_by_scan(folder / "scans.parquet", _SCAN_COLUMNS)):
+    for scan in _rows(_sorted_by_scan(folder / "scans.parquet", _SCAN_COLUMNS, ids_by_key)):
         ident = scan["ident"]
         own: list[dict[str, Any]] = []
         while alert is not None and alert["ident"] <= ident:
@@ -223,19 +243,22 @@ def diff_runs(results_a: str | os.PathLike, results_b: str | os.PathLike, *, min
                                "decisions": {}, "errors_a": 0, "errors_b": 0,
                                "alerts": {"new": 0, "removed": 0, "changed": 0, "unchanged": 0}}
     scans: list[ScanDiff] = []
-    walk_a, walk_b = _scans_with_alerts(a), _scans_with_alerts(b)
+    _check_tables(a), _check_tables(b)
+    walk_a, walk_b = _scans_with_alerts(a, _ids_of_failed_scans(a, b)), _scans_with_alerts(b, _ids_of_failed_scans(b, a))
     next_a, next_b = next(walk_a, None), next(walk_b, None)
     while next_a is not None or next_b is not None:
         if next_b is None or (next_a is not None and next_a[0] < next_b[0]):
             scan = next_a[1]
             scans.append(ScanDiff(scan["scan_id"], scan["path"], scan["decision"], None, scan["error"], None, "A"))
             summary["only_in_a"] += 1
+            summary["errors_a"] += scan["error"] is not None
             next_a = next(walk_a, None)
             continue
         if next_a is None or next_b[0] < next_a[0]:
             scan = next_b[1]
             scans.append(ScanDiff(scan["scan_id"], scan["path"], None, scan["decision"], None, scan["error"], "B"))
             summary["only_in_b"] += 1
+            summary["errors_b"] += scan["error"] is not None
             next_b = next(walk_b, None)
             continue
         diff, unchanged = _compare(next_a[1], next_a[2], next_b[1], next_b[2], min_iou=min_iou,
