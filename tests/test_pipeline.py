@@ -46,6 +46,9 @@ def test_fusion_is_class_aware_but_anomaly_supports_a_specific_alert():
     assert [a.class_name for a in alerts] == ["knife", "firearm"]  # two classes on one spot stay two
     assert unusual in alerts[0].sources and alerts[0].score == 0.8  # support does not raise the knife's score
     assert alerts[0].label == "1 knife 0.80 +anomaly"
+    # Evidence: the alert names the model that found a knife, not the
+    # higher-scoring anomaly model that supports it.
+    assert alerts[0].to_dict()["model"]["name"] == "contraband-fcos"
     # A small anomaly in a loose, large box is not the same object.
     loose = Region("firearm", 0.35, (0, 0, 1000, 400), DETECTOR)
     small = Region("anomaly", 0.99, (100, 100, 130, 130), ANOMALY)

@@ -80,6 +80,15 @@ class Alert:
         return "alarm" if self.alarm else "advisory"
 
     @property
+    def lead(self) -> Region:
+        """The source the alert's class, score and box come from.
+
+        Not always the highest-scoring source: an opaque region scoring 1.0
+        may support a firearm at 0.6, and the alert is the firearm's.
+        """
+        return next(s for s in self.sources if s.class_name == self.class_name)
+
+    @property
     def models(self) -> tuple[ModelIdentity, ...]:
         """Each source model once, in source order."""
         return tuple(dict.fromkeys(s.model for s in self.sources))
@@ -112,7 +121,8 @@ class Alert:
             "score": round(float(self.score), 4),
             "severity": self.severity,
             "box": [round(float(v), 1) for v in self.box],
-            "model": dataclasses.asdict(self.sources[0].model),
+            # Evidence: the model that found what the alert says it is.
+            "model": dataclasses.asdict(self.lead.model),
             "sources": [s.to_dict() for s in self.sources],
         }
         measurements = self.measurements
