@@ -119,11 +119,10 @@ def cmd_calibrate_check(args: argparse.Namespace) -> int:
 
 def cmd_render(args: argparse.Namespace) -> int:
     """Calibrate scans and write the operator's rendering as PNG."""
-    import cv2
-
     from nii.calibrate.correct import calibrate_scan, calibrate_with_scanner_profile
     from nii.calibrate.profile import load_profile
     from nii.calibrate.render import render
+    from nii.ingest.image import encode_image
 
     refused = 0
     out = Path(args.out)
@@ -145,12 +144,7 @@ def cmd_render(args: argparse.Namespace) -> int:
         rgb = render(calibrated, tool=args.tool, window=tuple(args.window) if args.window else None)
         # The whole name (suffix too), so bag.jpg and bag.png do not overwrite each other.
         target = out / f"{Path(source.path).name.replace('.', '-')}-{args.tool}.png"
-        # Encoded here and written by Python: a failed write raises with its
-        # reason, where cv2.imwrite only returns False.
-        encoded, png = cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
-        if not encoded:
-            raise ValueError(f"{target}: OpenCV could not encode the rendering as PNG")
-        target.write_bytes(png.tobytes())
+        target.write_bytes(encode_image(rgb))
         print(f"{target}  {calibrated.profile_id}")
     return 1 if refused else 0
 

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import jsonschema
@@ -234,6 +238,22 @@ def test_nii_analyze_writes_outputs_and_goes_on_past_bad_input(tmp_path, capsys)
     assert lines[2].startswith(f"{bad}  REFUSED: ")
     for folder in ("container-json", "bag-clear-json"):
         assert sorted(p.name for p in (tmp_path / "out" / folder).iterdir()) == sorted(OUTPUT_FILES.values())
+
+
+def test_nii_analyze_and_render_write_outputs_for_a_file_name_that_is_not_utf8(tmp_path):
+    # Archives from old consoles carry Latin-1 names; cv2.imwrite crashed
+    # the whole process on them. A child process, so a crash fails the test
+    # instead of ending the test run.
+    inbox = tmp_path / "in"
+    inbox.mkdir()
+    name = os.fsdecode(b"Gep\xe4ck.dcm")
+    shutil.copy(SAMPLES / "parcel-dicos-dx.dcm", inbox / name)
+    for command in ("analyze", "render"):
+        done = subprocess.run([sys.executable, "-m", "nii.cli", command, str(inbox), "--out", str(tmp_path / command)],
+                              capture_output=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-500:]
+    assert (tmp_path / "analyze" / name.replace(".", "-") / "annotated.png").stat().st_size > 0
+    assert len(list((tmp_path / "render").glob("*.png"))) == 1
 
 
 def test_nii_analyze_json_prints_one_result_per_line(tmp_path, capsys):

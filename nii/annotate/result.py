@@ -101,12 +101,12 @@ def write_outputs(result: ScanResult, folder: str | os.PathLike) -> dict[str, Pa
         ``{"annotated": path, "result": path, "tdr": path}``.
     """
     from nii.annotate.tdr import machine_tdr, write_tdr
+    from nii.ingest.image import encode_image
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = {key: folder / name for key, name in OUTPUT_FILES.items()}
-    if not cv2.imwrite(str(paths["annotated"]), cv2.cvtColor(result.annotated, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{paths['annotated']}: could not write the annotated image")
+    paths["annotated"].write_bytes(encode_image(result.annotated))
     paths["result"].write_text(json.dumps(result_record(result), indent=1) + "\n")
     tdr = machine_tdr(result.scan, alerts_in_scan_pixels(result), decision=result.decision, models=result.models,
                       profile_id=result.profile_id, processing_ms=sum(

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import cv2
@@ -22,7 +23,7 @@ from nii.ingest.errors import ScanTooLargeError, UnsupportedScanError, refuse_on
 from nii.ingest.limits import ReadLimits, check_pixel_budget
 from nii.scan import Scan, ScanFormat, ScanKind
 
-__all__ = ["read_png", "read_jpeg", "read_tiff", "write_png", "write_jpeg", "write_tiff"]
+__all__ = ["encode_image", "read_png", "read_jpeg", "read_tiff", "write_png", "write_jpeg", "write_tiff"]
 
 _PNG_GREY_ALPHA = 4  # PNG IHDR colour type for grey + alpha: our dual pair
 
@@ -167,12 +168,26 @@ def write_jpeg(scan: Scan, path: str | os.PathLike, *, quality: int = 95) -> Non
     _imwrite(path, ".jpg", counts, [cv2.IMWRITE_JPEG_QUALITY, quality])
 
 
-def _imwrite(path: str | os.PathLike, ext: str, counts: np.ndarray, params: list[int]) -> None:
-    pixels = cv2.cvtColor(counts, cv2.COLOR_RGB2BGR) if counts.ndim == 3 else counts
-    ok, encoded = cv2.imencode(ext, pixels, params)
+def encode_image(pixels: np.ndarray, ext: str = ".png", params: Sequence[int] = ()) -> bytes:
+    """Grey or RGB pixels as the bytes of a ``.png`` or ``.jpg`` file.
+
+    Files are written by Python, never by ``cv2.imwrite``: that returns only
+    False on failure, and crashes the process on a path that is not UTF-8.
+
+    Raises
+    ------
+    ValueError
+        OpenCV could not encode the pixels.
+    """
+    bgr = cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR) if pixels.ndim == 3 else pixels
+    ok, encoded = cv2.imencode(ext, bgr, list(params))
     if not ok:
         raise ValueError(f"OpenCV could not encode {ext}")
-    Path(path).write_bytes(encoded.tobytes())
+    return encoded.tobytes()
+
+
+def _imwrite(path: str | os.PathLike, ext: str, counts: np.ndarray, params: list[int]) -> None:
+    Path(path).write_bytes(encode_image(counts, ext, params))
 
 
 def write_tiff(scan: Scan, path: str | os.PathLike) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, Field
 
 from nii.annotate.view import CT_AXES, operator_view
 from nii.calibrate.render import TOOLS
+from nii.ingest.image import encode_image
 from nii.serve import audit
 from nii.serve.auth import Permission
 from nii.serve.decisions import DecisionError, decisions_of, record_decision
@@ -222,7 +223,7 @@ async def scan_image(scan_id: str, service: ServiceDep, user: Viewer,
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # a degenerate window shows grey, as documented
             image = operator_view(calibrated, tool=tool, window=bounds, axis=axis, index=index)
-        return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 1])[1].tobytes()
+        return encode_image(image, ".png", [cv2.IMWRITE_PNG_COMPRESSION, 1])
 
     try:
         png = await asyncio.to_thread(draw)
