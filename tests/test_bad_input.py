@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from nii import ReadLimits, read_scan, write_scan
-from nii.ingest import CorruptScanError, ScanReadError, ScanTooLargeError, UnsupportedScanError
+from nii.ingest import CorruptScanError, ScanReadError, ScanTooLargeError, UnsupportedScanError, find_scans
 from nii.ingest.raw import write_raw
 from nii.scan import ScanKind
 from tests.conftest import make_scan
@@ -88,6 +88,10 @@ def test_sidecar_that_does_not_match_the_byte_count(tmp_path: Path) -> None:
         ({"header_bytes": 1.5}, "header_bytes"),
         ({"data_file": "../../etc/passwd"}, "data_file"),
         ({"data_file": "missing.raw"}, "missing.raw"),
+        ({"data_file": ""}, "data_file '' must be the name of another file"),
+        ({"data_file": "."}, "data_file '.' must be the name"),
+        ({"data_file": "sub/x.raw"}, "data_file 'sub/x.raw' must be the name"),
+        ({"data_file": "dump.json"}, "data_file 'dump.json' must be the name"),
         ({"spacing_mm": [0, 1]}, "spacing_mm"),
         ({"acquired_at": "yesterday"}, "acquired_at"),
         ({"scan_id": 5}, "scan_id must be a string"),
@@ -105,6 +109,7 @@ def test_bad_sidecar_values_are_named(tmp_path: Path, change: dict, expected: st
     doc.update(change)
     sidecar.write_text(json.dumps(doc))
     assert expected in refused(sidecar).reason
+    assert sidecar in [s.path for s in find_scans([tmp_path])]  # a folder walk is not stopped by it
 
 
 def test_raw_without_sidecar_and_unknown_content(tmp_path: Path) -> None:

@@ -84,10 +84,11 @@ def sidecar_data_file(sidecar: str | os.PathLike, doc: dict[str, Any] | None = N
     sidecar = Path(sidecar)
     doc = _load_sidecar(sidecar) if doc is None else doc
     if "data_file" in doc:
-        name = Path(str(doc["data_file"]))
-        if name.is_absolute() or ".." in name.parts:
-            raise CorruptScanError(f"data_file {str(name)!r} must be a plain name beside the sidecar")
-        return sidecar.with_name(str(name))
+        name = str(doc["data_file"])
+        # One file name beside the sidecar: not a path, not empty, not ".".
+        if name in ("", ".", "..") or "/" in name or "\\" in name or name == sidecar.name:
+            raise CorruptScanError(f"data_file {name!r} must be the name of another file beside the sidecar")
+        return sidecar.with_name(name)
     stem = sidecar.name[: -len(".json")] if sidecar.name.endswith(".json") else sidecar.stem
     for suffix in ("",) + DATA_SUFFIXES:
         candidate = sidecar.with_name(stem if suffix == "" else Path(stem).stem + suffix)
