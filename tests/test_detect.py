@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -426,6 +427,34 @@ def test_attenuation_jitter_scales_attenuation_and_keeps_white_and_black():
         # transmission^k with k in [1/1.5, 1.5]
         assert 255 * (128 / 255) ** 1.5 - 1 <= middle <= 255 * (128 / 255) ** (1 / 1.5) + 1
     assert darker and lighter
+
+
+@pytest.mark.parametrize(("old", "new", "message"), [
+    ("epochs = 2", "epochs = 0", "[train] epochs must be a whole number at least 1"),
+    ("batch_size = 2", "batch_size = -4", "[train] batch_size must be a whole number at least 1"),
+    ("threads = 2", "threads = 0", "[train] threads must be a whole number at least 1"),
+    ("threads = 2", "threads = 2\nlearning_rate = 0.1", "[train] has unknown settings learning_rate"),
+    ("min_size = 128", "min_size = 0", "[model] min_size must be a whole number at least 32"),
+    ("head_convs = 1", "head_convs = 1\nheads = 2", "[model] has unknown settings heads"),
+    ('set = "sim"', 'set = "val"', "[operating_point] set must name an [[evaluate]] set (sim)"),
+    ("pfa = 0.05", "pfa = 1.5", "[operating_point] pfa must lie in (0, 1)"),
+])
+def test_a_training_config_that_cannot_train_is_refused_before_training(tmp_path, old, new, message):
+    from nii.detect.train import load_config
+
+    config = tmp_path / "bad.toml"
+    config.write_text(TINY_CONFIG.replace(old, new))
+    with pytest.raises(ValueError, match=re.escape(message)):
+        load_config(config)
+
+
+def test_a_batch_larger_than_the_training_set_is_refused_not_looped_on(tmp_path):
+    from nii.detect.train import train
+
+    config = tmp_path / "big-batch.toml"
+    config.write_text(TINY_CONFIG.replace("batch_size = 2", "batch_size = 10"))  # 4 training scans
+    with pytest.raises(ValueError, match="batch_size 10 is more than the 4 training samples"):
+        train(config, models_root=tmp_path / "models", max_steps=2, cache=tmp_path / "cache", progress=False)
 
 
 def test_moving_average_of_the_weights_is_what_gets_published(tmp_path):

@@ -64,7 +64,52 @@ def load_config(path: str | os.PathLike) -> dict[str, Any]:
     data = config["train"].get("data")
     if not data or not isinstance(data, list) or not all(isinstance(entry, dict) for entry in data):
         raise ValueError(f"{path}: the config needs at least one [[train.data]] table")
+    _check_settings(path, "train", config["train"], _TRAIN_SETTINGS)
+    _check_settings(path, "model", config["model"], _MODEL_SETTINGS)
+    point = config.get("operating_point", {})
+    sets = [entry.get("name") for entry in config.get("evaluate", [])]
+    if point and point.get("set") not in sets:
+        raise ValueError(f"{path}: [operating_point] set must name an [[evaluate]] set ({', '.join(map(str, sets)) or 'none'}); "
+                         f"got {point.get('set')!r}")
+    if point and not (isinstance(point.get("pfa", 0.05), (int, float)) and 0.0 < point.get("pfa", 0.05) < 1.0):
+        raise ValueError(f"{path}: [operating_point] pfa must lie in (0, 1), got {point.get('pfa')!r}")
     return config
+
+
+# What each setting of the contraband detector's and the anomaly model's
+# configs may be: (kind, least value, whether the least is allowed).
+# Checked when the config is read, not after an hour of training.
+_TRAIN_SETTINGS: dict[str, tuple[type, float, bool]] = {
+    "epochs": (int, 1, True), "steps": (int, 1, True), "batch_size": (int, 1, True), "threads": (int, 1, True),
+    "seed": (int, 0, True), "warmup_steps": (int, 0, True), "lr": (float, 0.0, False),
+    "weight_decay": (float, 0.0, True), "ema_decay": (float, 0.0, True), "attenuation_jitter": (float, 0.0, True),
+    "crop": (int, 16, True), "object_rate": (float, 0.0, True), "object_px": (list, 0, True), "data": (list, 0, True),
+}
+_MODEL_SETTINGS: dict[str, tuple[type, float, bool]] = {
+    "name": (str, 0, True), "version": (str, 0, True), "kind": (str, 0, True), "architecture": (str, 0, True),
+    "classes": (list, 0, True), "widths": (list, 0, True), "depths": (list, 0, True), "fpn_channels": (int, 1, True),
+    "head_convs": (int, 1, True), "min_size": (int, 32, True), "max_size": (int, 32, True),
+    "train_min_sizes": (list, 0, True), "pixel_scale": (float, 0.0, False), "views": (int, 1, True),
+    "region_threshold": (float, 0.0, True),
+}
+
+
+def _check_settings(path: Path, table: str, values: Mapping[str, Any], allowed: Mapping[str, tuple[type, float, bool]]) -> None:
+    unknown = sorted(set(values) - set(allowed))
+    if unknown:
+        raise ValueError(f"{path}: [{table}] has unknown settings {', '.join(unknown)} (known: {', '.join(allowed)})")
+    for key, value in values.items():
+        kind, least, inclusive = allowed[key]
+        if kind in (int, float):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not number or (kind is int and value != int(value)) or value < least or (value == least and not inclusive):
+                bound = f"at least {least:g}" if inclusive else f"above {least:g}"
+                raise ValueError(f"{path}: [{table}] {key} must be a {'whole ' if kind is int else ''}number "
+                                 f"{bound}, got {value!r}")
+        elif (kind is str and not isinstance(value, (str, int, float))) or (kind is list and not isinstance(value, list)):
+            raise ValueError(f"{path}: [{table}] {key} must be a {'list' if kind is list else 'string'}, got {value!r}")
+    if table == "train" and values.get("ema_decay", 0.0) >= 1.0:
+        raise ValueError(f"{path}: [train] ema_decay must be below 1, got {values['ema_decay']!r}")
 
 
 def _path(text: str) -> Path:
@@ -233,6 +278,9 @@ def train(
     classes = list(model_cfg.get("classes", THREAT_CLASSES))
 
     samples, sources = training_samples(config, cache=cache, progress=progress)
+    batch = int(train_cfg.get("batch_size", 8))
+    if len(samples) < batch:
+        raise ValueError(f"{config_path}: [train] batch_size {batch} is more than the {len(samples)} training samples")
     short = max(model_cfg.get("train_min_sizes", [model_cfg.get("min_size", 320)]))
     long = int(model_cfg.get("max_size", 448))
     cached = []
@@ -245,7 +293,6 @@ def train(
     model = build_model(model_cfg, len(classes), training=True).to(target).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 2e-3)),
                                   weight_decay=float(train_cfg.get("weight_decay", 0.05)))
-    batch = int(train_cfg.get("batch_size", 8))
     epochs = int(train_cfg.get("epochs", 1))
     steps_per_epoch = max(1, len(cached) // batch)
     total = steps_per_epoch * epochs if max_steps is None else min(max_steps, steps_per_epoch * epochs)
