@@ -75,6 +75,27 @@ def test_published_artifact_verifies_and_lists(tmp_path):
     assert open_artifact("toy", root=tmp_path).identity.version == "1.10.0"  # newest, compared as numbers
 
 
+def test_a_published_version_is_never_replaced(tmp_path):
+    identity = _publish(tmp_path)
+    assert _publish(tmp_path) == identity  # the same artifact again: nothing to do
+    with pytest.raises(ValueError, match="toy 1.0.0 is already published .* needs a new version"):
+        publish_artifact("toy", "1.0.0", {"weights.pt": b"retrained", "config.toml": b"[model]\n"},
+                         {"kind": "toy", "classes": ["firearm"]}, tmp_path)
+    artifact = open_artifact("toy", root=tmp_path)  # what alerts named is still there, intact
+    assert artifact.identity == identity and artifact.read("weights.pt") == b"weights"
+    assert not [p for p in (tmp_path / "toy").iterdir() if p.name.startswith(".")]  # no staging left
+
+
+def test_training_into_a_published_version_is_refused_before_training(tiny_registry, tmp_path):
+    from nii.detect.train import train
+
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_CONFIG)
+    models, cache = tiny_registry
+    with pytest.raises(ValueError, match="tiny 0.0.1 is already published"):
+        train(config, models_root=models, max_steps=1000, cache=cache, progress=False)
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda folder: (folder / "weights.pt").write_bytes(b"weightz"), "weights.pt: sha256 mismatch"),
     (lambda folder: (folder / "config.toml").unlink(), "config.toml: missing"),

@@ -26,11 +26,14 @@ import hashlib
 import json
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from nii.detect.regions import ModelIdentity
+from nii.files import replace_file
 
 __all__ = [
     "MODELS_ROOT",
@@ -40,6 +43,7 @@ __all__ = [
     "resolve_model",
     "open_artifact",
     "publish_artifact",
+    "check_unpublished",
     "load_detector",
     "detector_from_artifact",
 ]
@@ -184,33 +188,54 @@ def publish_artifact(
     """Write an artifact folder, its SHA256SUMS, and register it.
 
     ``files`` holds everything but the card (weights, config...). The card
-    gets ``name``/``version`` set. Re-publishing a version replaces it.
+    gets ``name``/``version`` set. A published version is never replaced:
+    alerts name it by its sha256, so other content needs another version.
+    The folder is written aside and renamed into place, so a full disk
+    leaves no half-written artifact.
 
     Raises
     ------
     ValueError
         A name or version that is not a plain folder name (``MAJOR.MINOR.PATCH``
-        for versions), before anything is written.
+        for versions), or a version already published with other content,
+        before anything is written.
     """
     check_model_identity(name, version)
     root = Path(root)
     folder = root / name / version
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():
-        if old.is_file():
-            old.unlink()
     contents = dict(files)
     contents["card.json"] = (json.dumps({**card, "name": name, "version": version}, indent=2) + "\n").encode()
     if card_markdown is not None:
         contents["card.md"] = card_markdown.encode()
-    for file_name, data in contents.items():
-        (folder / file_name).write_bytes(data)
     sums = "".join(f"{_sha256(data)}  {file_name}\n" for file_name, data in sorted(contents.items())).encode()
-    (folder / SUMS).write_bytes(sums)
+    if folder.exists():
+        if (folder / SUMS).is_file() and (folder / SUMS).read_bytes() == sums:
+            return ModelIdentity(name, version, _sha256(sums))  # the same artifact again
+        check_unpublished(name, version, root)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{version}-"))
+    try:
+        for file_name, data in {**contents, SUMS: sums}.items():
+            replace_file(staging / file_name, data, mode=0o644)
+        staging.chmod(0o755)
+        staging.rename(folder)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
     index = _index(root)
     index.setdefault(name, {})[version] = _sha256(sums)
-    (root / INDEX).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    replace_file(root / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
     return ModelIdentity(name, version, _sha256(sums))
+
+
+def check_unpublished(name: str, version: str, root: str | os.PathLike = MODELS_ROOT) -> None:
+    """Raise ValueError when ``name`` ``version`` is already in the registry at ``root``.
+
+    Trainers call it before training, not after an hour of it.
+    """
+    if (Path(root) / name / version).exists():
+        raise ValueError(f"{name} {version} is already published in {root}; a new model needs a new version "
+                         "([model] version in its config)")
 
 
 def load_detector(name: str, version: str | None = None, root: str | os.PathLike = MODELS_ROOT, **options: Any):

@@ -42,7 +42,7 @@ from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_c
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import for_inference, training_device
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity, dicos_category
-from nii.detect.registry import MODELS_ROOT, check_model_identity, publish_artifact
+from nii.detect.registry import MODELS_ROOT, check_model_identity, check_unpublished, publish_artifact
 
 __all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "attenuation_jitter",
            "learning_rate", "train", "publish_trained", "card_markdown", "metrics_markdown"]
@@ -270,6 +270,7 @@ def train(
     started = time.monotonic()
     config = load_config(config_path)
     model_cfg, train_cfg = config["model"], config["train"]
+    check_unpublished(model_cfg["name"], str(model_cfg["version"]), models_root)
     torch.set_num_threads(int(train_cfg.get("threads", os.cpu_count() or 1)))
     seed = int(train_cfg.get("seed", 0))
     torch.manual_seed(seed)

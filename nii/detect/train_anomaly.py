@@ -41,7 +41,7 @@ from nii.detect.datasets import load_sample
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import training_device
 from nii.detect.regions import ModelIdentity
-from nii.detect.registry import MODELS_ROOT
+from nii.detect.registry import MODELS_ROOT, check_unpublished
 from nii.detect.train import CACHE, learning_rate, load_config, publish_trained, training_samples
 
 __all__ = ["is_anomaly_config", "check_clear_only", "build_anomaly_net", "train_anomaly"]
@@ -92,6 +92,7 @@ def train_anomaly(
         raise ValueError(f"{config_path}: not an anomaly model config ([model] kind = \"anomaly\")")
     check_clear_only(config)
     model_cfg, train_cfg = config["model"], config["train"]
+    check_unpublished(model_cfg["name"], str(model_cfg["version"]), models_root)
     torch.set_num_threads(int(train_cfg.get("threads", os.cpu_count() or 1)))
     seed = int(train_cfg.get("seed", 0))
     torch.manual_seed(seed)
