@@ -144,6 +144,11 @@ def load_pipeline_config(path: str | os.PathLike | None = None) -> PipelineConfi
         if not isinstance(raw.get(key, ""), str):
             raise ValueError(f"{path}: {key} must be a path (a string)")
     here = path.resolve().parent
+    for key in ("models_root", "calibration_root"):
+        # Named but absent: without its profiles every scan would go on
+        # uncalibrated (self-normalised), a quieter failure than this one.
+        if key in raw and not (here / raw[key]).is_dir():
+            raise ValueError(f"{path}: {key} {raw[key]!r}: no such folder (relative to the config's folder)")
     return PipelineConfig(
         models=choices,
         models_root=here / raw.get("models_root", "../models"),
@@ -186,6 +191,10 @@ def _model_choice(path: Path, name: str, table: Mapping[str, Any]) -> ModelChoic
         thresholds = {str(k): float(v) for k, v in table.get("alarm_thresholds", {}).items()}
     except (TypeError, ValueError, AttributeError):
         raise ValueError(f"{path}: models.{name}.alarm_thresholds must map classes to numbers") from None
+    # NaN or a value over 1 would silently stop every alarm of the class.
+    outside = [f"{k} = {v}" for k, v in thresholds.items() if not 0.0 <= v <= 1.0]
+    if outside:
+        raise ValueError(f"{path}: models.{name}.alarm_thresholds must lie in [0, 1]; got {', '.join(outside)}")
     return ModelChoice(
         name=name,
         version=str(table["version"]) if "version" in table else None,

@@ -91,6 +91,9 @@ def test_shipped_config_loads_with_no_arguments():
     ("[fusion]\nmin_overlap = 2\n[models.anomaly]\n", "min_overlap must lie in"),
     ("[decision]\n", "names no [models.<name>]"),
     ("[models\n", "not valid TOML"),
+    ("[models.anomaly.alarm_thresholds]\nanomaly = nan\n", "alarm_thresholds must lie in [0, 1]; got anomaly = nan"),
+    ("[models.anomaly.alarm_thresholds]\nanomaly = 2.0\n", "alarm_thresholds must lie in [0, 1]; got anomaly = 2.0"),
+    ("calibration_root = 'nowhere'\n[models.anomaly]\n", "calibration_root 'nowhere': no such folder"),
 ])
 def test_bad_configs_are_refused_in_one_line(tmp_path, text, message):
     path = tmp_path / "pipeline.toml"
@@ -107,6 +110,13 @@ def test_an_alarm_threshold_for_a_class_the_model_does_not_detect_is_refused(tmp
     with pytest.raises(ValueError, match="pipeline model rule-opaque: no class 'opaqe'.*it detects opaque") as err:
         Pipeline.from_config(path)
     assert "\n" not in str(err.value)
+
+
+def test_a_min_score_that_would_drop_every_region_is_refused(tmp_path):
+    path = tmp_path / "pipeline.toml"
+    path.write_text(f"models_root = '{SAMPLES.parent / 'models'}'\n[models.contraband-fcos]\noptions = {{ min_score = nan }}\n")
+    with pytest.raises(ValueError, match=r"pipeline model contraband-fcos: min_score must be a number in \[0, 1\], got nan"):
+        Pipeline.from_config(path)
 
 
 def test_a_missing_model_is_refused_by_name(tmp_path):

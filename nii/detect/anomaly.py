@@ -38,7 +38,7 @@ from torch import nn
 from nii.calibrate.calibrated import CalibratedScan
 from nii.detect.fcos import PlainBackbone, best_device
 from nii.detect.inputs import detector_image
-from nii.detect.regions import ModelIdentity, Region
+from nii.detect.regions import ModelIdentity, Region, check_score
 from nii.scan import ScanKind
 
 __all__ = [
@@ -318,6 +318,7 @@ class AnomalyDetector:
                  region_threshold: float = 0.5, min_score: float = 0.0, views: int = 1,
                  device: torch.device | str | None = None,
                  operating_points: Mapping[str, Mapping[str, float]] | None = None):
+        min_score = check_score("min_score", min_score)
         self.device = torch.device(device) if device is not None else best_device()
         self.model = model.to(self.device).eval()
         self.identity = identity

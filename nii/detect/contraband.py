@@ -21,7 +21,7 @@ from torchvision.models.detection.transform import resize_boxes
 from nii.calibrate.calibrated import CalibratedScan
 from nii.detect.fcos import best_device, fcos_plain, for_inference
 from nii.detect.inputs import detector_image
-from nii.detect.regions import ModelIdentity, Region
+from nii.detect.regions import ModelIdentity, Region, check_score
 from nii.scan import ScanKind
 
 __all__ = ["ContrabandDetector", "build_model", "image_tensor", "fit_image"]
@@ -91,6 +91,7 @@ class ContrabandDetector:
     def __init__(self, model: torch.nn.Module, classes: Sequence[str], identity: ModelIdentity, *,
                  min_score: float = 0.05, device: torch.device | str | None = None,
                  operating_points: Mapping[str, Mapping[str, float]] | None = None):
+        min_score = check_score("min_score", min_score)
         self.device = torch.device(device) if device is not None else best_device()
         self.model = model.to(self.device).eval()
         # Candidates below min_score would be dropped afterwards anyway; the

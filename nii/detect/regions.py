@@ -25,6 +25,7 @@ __all__ = [
     "Region",
     "Detector",
     "canonical_class",
+    "check_score",
     "dicos_category",
 ]
 
@@ -161,3 +162,14 @@ class Detector(Protocol):
     def detect(self, calibrated: CalibratedScan) -> list[Region]:
         """Regions found in one calibrated scan, highest score first."""
         ...
+
+
+def check_score(name: str, value: float) -> float:
+    """``value`` as a float if it is a score in [0, 1]; ValueError naming ``name`` otherwise.
+
+    A NaN or out-of-range score setting (``min_score``, a threshold) would
+    silently drop every region instead of failing.
+    """
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+        raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    return float(value)
