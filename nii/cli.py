@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import signal
 import sys
@@ -124,7 +125,9 @@ def cmd_render(args: argparse.Namespace) -> int:
     from nii.calibrate.render import render
     from nii.ingest.image import encode_image
 
-    refused = 0
+    if args.window and args.window[0] >= args.window[1]:
+        raise ValueError(f"--window LOW HIGH: LOW must be below HIGH, got {args.window[0]:g} {args.window[1]:g}")
+    refused, used = 0, set()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for source in _scans_under(args.paths):
@@ -142,8 +145,9 @@ def cmd_render(args: argparse.Namespace) -> int:
             print(f"{source.path}  SKIPPED: the rendering tools take 2D projections; CT slice views are not built yet")
             continue
         rgb = render(calibrated, tool=args.tool, window=tuple(args.window) if args.window else None)
-        # The whole name (suffix too), so bag.jpg and bag.png do not overwrite each other.
-        target = out / f"{Path(source.path).name.replace('.', '-')}-{args.tool}.png"
+        # The whole name (suffix too), so bag.jpg and bag.png do not overwrite
+        # each other; -2, -3... when two inputs share a name, as in analyze.
+        target = out / f"{_output_folder(out, Path(source.path), used).name}-{args.tool}.png"
         target.write_bytes(encode_image(rgb))
         print(f"{target}  {calibrated.profile_id}")
     return 1 if refused else 0
@@ -488,6 +492,23 @@ def _rate(text: str) -> float:
     return value
 
 
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _positive_number(text: str) -> float:
+    value = _finite(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, got {value:g}")
+    return value
+
+
 def _whole_number(text: str, low: int, high: int | None = None) -> int:
     """An argparse value: a bad one is refused in the usage line, before anything starts."""
     try:
@@ -566,7 +587,7 @@ def build_parser() -> argparse.ArgumentParser:
     tip.add_argument("--n", type=_positive_int, default=10, help="number of composites (default %(default)s)")
     tip.add_argument("--seed", type=int, default=0, help="the same seed and inputs give the same files")
     tip.add_argument("--out", required=True, help="output folder: scans/ and annotations.json")
-    tip.add_argument("--attenuation-scale", type=float, default=1.0,
+    tip.add_argument("--attenuation-scale", type=_positive_number, default=1.0,
                      help="scale threat attenuation on rendered backgrounds (0.6 suits GDXray on SIXray)")
     tip.add_argument("--quiet", action="store_true", help="no progress bar")
     tip.set_defaults(run=cmd_tip)
@@ -592,7 +613,7 @@ def build_parser() -> argparse.ArgumentParser:
     render.add_argument("paths", nargs="+", metavar="PATH", help="scan files or folders")
     render.add_argument("--out", required=True, help="output folder")
     render.add_argument("--tool", choices=TOOLS, default="colour", help="rendering tool (default %(default)s)")
-    render.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
+    render.add_argument("--window", type=_finite, nargs=2, metavar=("LOW", "HIGH"),
                         help="attenuation window for the window tool")
     render.add_argument("--profile", help="profile file (default calibration/<scanner>/profile.npz if present)")
     render.set_defaults(run=cmd_render)
@@ -639,7 +660,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_diff.add_argument("results_b", metavar="RESULTS_B", help="the later run (e.g. model v2)")
     batch_diff.add_argument("--min-iou", type=float, default=0.5,
                             help="box IoU from which alerts of one class are the same object (default %(default)s)")
-    batch_diff.add_argument("--score-tolerance", type=float, default=1e-3,
+    batch_diff.add_argument("--score-tolerance", type=_rate, default=1e-3,
                             help="score differences up to this are not a change (default %(default)s)")
     batch_diff.add_argument("--json", action="store_true", help="print one JSON object")
     batch_diff.set_defaults(run=cmd_batch_diff)
@@ -663,7 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
                                "(image-level sets; CONFIG defaults to configs/pipeline.toml)")
     evaluate.add_argument("--version", help="model version (default the newest)")
     evaluate.add_argument("--split", help="Pascal VOC split (ImageSets/Main/SPLIT.txt); default all")
-    evaluate.add_argument("--threshold", type=float, help="alarm threshold (default the model's operating point)")
+    evaluate.add_argument("--threshold", type=_rate, help="alarm threshold in [0, 1] (default the model's operating point)")
     evaluate.add_argument("--models", help="registry folder (default the repository's models/)")
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
     evaluate.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -153,6 +154,23 @@ def test_render_into_an_unwritable_folder_fails_instead_of_claiming_the_file(tmp
     blocker.mkdir()  # the file's name is taken by a folder
     assert main(["render", str(REPO / "sample_scans" / "bag-clear.json"), "--out", str(tmp_path)]) == 2
     _one_error_line(capsys, "bag-clear-json-colour.png")
+
+
+def test_render_gives_two_bags_of_one_name_two_files_and_refuses_an_empty_window(tmp_path, capsys):
+    for lane in ("lane-1", "lane-2"):
+        (tmp_path / lane).mkdir()
+        for suffix in (".json", ".raw"):
+            shutil.copy(REPO / "sample_scans" / f"bag-clear{suffix}", tmp_path / lane / f"bag-clear{suffix}")
+    assert main(["render", str(tmp_path / "lane-1"), str(tmp_path / "lane-2"), "--out", str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["bag-clear-json-2-colour.png",
+                                                                   "bag-clear-json-colour.png"]
+    capsys.readouterr()
+    assert main(["render", str(tmp_path / "lane-1"), "--out", str(tmp_path / "w"), "--tool", "window",
+                 "--window", "5", "1"]) == 2
+    _one_error_line(capsys, "LOW must be below HIGH")
+    with pytest.raises(SystemExit):  # argparse: one usage line, before anything runs
+        main(["evaluate", str(tmp_path), "--threshold", "nan"])
+    assert "must be within 0 and 1" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("command", [["audit", "verify"], ["report", "--from", "2026-01-01", "--to", "2026-01-02"],
