@@ -67,10 +67,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from nii.simulate.engine import default_scene, simulate_dataset, write_calibration_acquisitions
     from nii.simulate.scanner import load_scanner
 
-    if args.calibration:
+    if args.calibration:  # a new day's acquisitions replace the last beside the profile they built
         written = write_calibration_acquisitions(args.out, scanner=args.scanner, seed=args.seed)
         print(f"wrote {len(written)} calibration acquisitions to {args.out}")
         return 0
+    _require_new_or_empty(args.out)
     scene = args.scene or default_scene(load_scanner(args.scanner))
     path = simulate_dataset(
         args.out, scanner=args.scanner, n=args.n, seed=args.seed, scene=scene, threat_rate=args.threat_rate,
@@ -80,10 +81,19 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_new_or_empty(out: str) -> None:
+    """Refuse an output folder that already holds files: a data set written
+    over another is neither, its annotations naming scans it lost."""
+    folder = Path(out)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"--out {out} already holds files; write the data set into a new or empty folder")
+
+
 def cmd_tip(args: argparse.Namespace) -> int:
     """Project threats into clear bags: training data and operator-training images."""
     from nii.simulate.composites import tip_dataset
 
+    _require_new_or_empty(args.out)
     path = tip_dataset(args.out, args.backgrounds, signatures=args.signatures, n=args.n, seed=args.seed,
                        scanner=args.scanner, attenuation_scale=args.attenuation_scale, progress=not args.quiet)
     print(f"wrote TIP composites and {path}")

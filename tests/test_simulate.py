@@ -150,6 +150,9 @@ def test_cli_simulate_and_its_errors(tmp_path: Path) -> None:
     assert unknown.returncode == 2 and "baggage-dual-kvp" in unknown.stderr
     rate = run_cli("simulate", "--threat-rate", "1.5", "--out", str(tmp_path / "z"))
     assert rate.returncode == 2 and "within 0 and 1" in rate.stderr
+    again = run_cli("simulate", "--n", "1", "--seed", "4", "--out", str(tmp_path), "--quiet")
+    assert again.returncode == 2 and "already holds files" in again.stderr  # the first set is kept whole
+    assert len(list((tmp_path / "scans").glob("*.raw"))) == 2
 
 
 def _same_within(a, b, *, rel: float) -> bool:
