@@ -368,7 +368,7 @@ def _open_store(args: argparse.Namespace, *, existing: bool = False):
 
     if existing:
         _check_data_folder(args)
-    return Store.open(args.data, args.database)
+    return Store.open(args.data, args.database, existing=existing)
 
 
 def _check_data_folder(args: argparse.Namespace) -> None:
@@ -447,7 +447,7 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     _check_data_folder(args)  # before a mistyped --data gets a new site key
     key = load_private_key(args.key) if args.key else site_key(args.data)
     config = load_pipeline_config(args.pipeline)
-    store = _open_store(args)
+    store = _open_store(args, existing=True)
     exported = export_case(store, args.case, args.out, key=key, models_root=config.models_root,
                            calibration_root=config.calibration_root)
     print(f"wrote {exported.path}: {exported.files} files, manifest sha256 {exported.manifest_sha256}, "

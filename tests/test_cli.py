@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -180,6 +181,16 @@ def test_reading_commands_refuse_a_mistyped_data_folder(tmp_path, capsys, comman
     assert main([*command, "--data", str(typo)]) == 2
     _one_error_line(capsys, "not an nii data folder")
     assert not typo.exists()  # no new, empty store (or site key) was made there
+    if command == ["evidence", "key"]:  # reads the site key only, not the store
+        return
+    emptied = tmp_path / "emptied"
+    emptied.mkdir()
+    (emptied / "nii.sqlite3").write_bytes(b"")  # a database file with no store in it
+    assert main([*command, "--data", str(emptied)]) == 2
+    _one_error_line(capsys, "holds no nii store")
+    assert not (emptied / "blobs").exists()  # and no store was made there (SQLite's own side files aside)
+    with sqlite3.connect(emptied / "nii.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
 
 
 def test_an_unforeseen_error_is_one_line_and_debug_shows_the_traceback(monkeypatch, capsys):

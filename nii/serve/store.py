@@ -346,23 +346,36 @@ class Store:
     blobs: BlobStore
 
     @classmethod
-    def open(cls, data_dir: str | os.PathLike, url: str | None = None) -> Store:
+    def open(cls, data_dir: str | os.PathLike, url: str | None = None, *, existing: bool = False) -> Store:
         """Open (creating and migrating) the store of ``data_dir``.
 
         ``url`` selects the database; by default ``data_dir/nii.sqlite3``.
+        With ``existing``, the database must already hold a store: commands
+        that only read (audit verify, reports, evidence) must not pass an
+        emptied or foreign database as a new, empty store, nor create one.
 
         Raises
         ------
         StoreError
-            One line: the folder cannot be created or the database reached.
+            One line: the folder cannot be created, the database reached, or
+            (``existing``) it holds no store.
         """
         data_dir = Path(data_dir)
+        engine = connect(url or f"sqlite:///{(data_dir / 'nii.sqlite3').resolve()}")
+        if existing:
+            try:
+                held = sa.inspect(engine).has_table(schema_migrations.name)
+            except sa.exc.SQLAlchemyError as err:
+                raise StoreError(f"database {_redacted(str(engine.url))}: "
+                                 f"{' '.join(str(err.orig or err).split())[:300]}") from None
+            if not held:
+                raise StoreError(f"database {_redacted(str(engine.url))} holds no nii store (no tables); "
+                                 "check --data or --database")
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             blobs = BlobStore(data_dir / "blobs")
         except OSError as err:
             raise StoreError(f"data folder {data_dir}: {err.strerror or err}") from None
-        engine = connect(url or f"sqlite:///{(data_dir / 'nii.sqlite3').resolve()}")
         try:
             migrate(engine)
         except sa.exc.SQLAlchemyError as err:
