@@ -440,6 +440,12 @@ def test_diff_of_a_run_with_itself_is_empty_and_a_partial_run_shows_what_it_lack
     assert diff.summary["only_in_a"] == 1 and diff.scans[0].only_in == "A"
     with pytest.raises(ValueError, match="no scans.parquet"):
         diff_runs(finished["results"], tmp_path)
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(finished["results"], unfinished)
+    with (unfinished / MANIFEST).open("a") as manifest:  # a part committed by a run that was then killed
+        manifest.write(json.dumps({"event": "part", "part": 99, "scans": []}) + "\n")
+    with pytest.raises(ValueError, match="run the same nii batch run again to finish it"):
+        diff_runs(finished["results"], unfinished)
 
 
 def test_diff_pairs_a_scan_that_failed_in_one_run_with_its_analysis_in_the_other(finished, tmp_path):

@@ -158,6 +158,18 @@ def _check_tables(folder: Path) -> None:
     for name in ("scans.parquet", "alerts.parquet"):
         if not (folder / name).exists():
             raise ValueError(f"{folder}: no {name}; is it the RESULTS of a finished nii batch run?")
+    if (folder / MANIFEST).exists():
+        # The tables are merged at the end of a run: after an interrupted
+        # one, they lack what its parts committed since.
+        last_part, merged_part = 0, 0
+        for record in read_manifest(folder):
+            if record.get("event") == "part":
+                last_part = int(record["part"])
+            elif record.get("event") == "merged":
+                merged_part = int(record["part"])
+        if last_part > merged_part:
+            raise ValueError(f"{folder}: its tables miss what was committed after they were last merged (an "
+                             "interrupted run); run the same nii batch run again to finish it, then compare")
 
 
 def _scans_with_alerts(folder: Path, ids_by_key: Mapping[str, str]) -> Iterator[tuple[str, dict[str, Any], list[dict[str, Any]]]]:

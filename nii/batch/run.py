@@ -143,10 +143,10 @@ class BatchSummary:
     def text(self) -> str:
         """The summary ``nii batch run`` prints."""
         if not self.analysed:
-            return (f"nothing to do: {self.results} already holds all {self.total} scans "
-                    f"of the archives ({self.already_done} listed)")
+            return (f"nothing to do: all {self.already_done} scans of the archives are already in {self.results} "
+                    f"({self.total} scans in all)")
         lines = [f"{self.analysed} scans analysed in {self.seconds:.1f} s ({self.scans_per_s:.2f} scans/s, "
-                 f"{self.engine} engine, {self.workers} workers): {self.alarms} ALARM, "
+                 f"{self.engine} engine, {self.workers} worker{'s' if self.workers != 1 else ''}): {self.alarms} ALARM, "
                  f"{self.analysed - self.alarms - self.errors} CLEAR, {self.errors} errors"]
         if self.already_done or self.listed_twice:
             lines.append(f"skipped {self.already_done} already in RESULTS and {self.listed_twice} listed twice")
