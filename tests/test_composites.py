@@ -50,6 +50,14 @@ def test_same_seed_same_composites(clear_raw_bags: Path, tmp_path: Path) -> None
         assert (a / "scans" / name).read_bytes() == (b / "scans" / name).read_bytes()
 
 
+def test_backgrounds_tip_cannot_project_into_are_refused_with_the_reason(clear_raw_bags: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="background comes from baggage-dual-kvp, not from .* cargo-linac"):
+        tip_dataset(tmp_path / "cargo", [clear_raw_bags], n=1, seed=1, scanner="cargo-linac", progress=False)
+    volume = simulate_dataset(tmp_path / "ct", scanner="ct-baggage", n=1, seed=2, workers=1, progress=False)
+    with pytest.raises(ValueError, match="takes 2D projection backgrounds, not CT volumes"):
+        tip_dataset(tmp_path / "out", [volume.parent / "scans"], n=1, seed=1, progress=False)
+
+
 def test_rendered_background(tmp_path: Path) -> None:
     rows, cols = np.mgrid[:300, :400]
     inside = (abs(rows - 150) < 120) & (abs(cols - 200) < 170)

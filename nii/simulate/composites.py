@@ -70,6 +70,14 @@ def project_signature(
     ValueError
         If no placement inside the bag is found, or the kinds do not fit.
     """
+    if background.kind is ScanKind.CT_VOLUME:
+        raise ValueError("threat image projection takes 2D projection backgrounds, not CT volumes")
+    if background.kind is not ScanKind.PSEUDO_COLOUR and background.scanner_id and \
+            background.scanner_id != scanner.name:
+        # Its dark level and spectra would be another scanner's: the threat
+        # would not look as that scanner images it.
+        raise ValueError(f"the background comes from {background.scanner_id}, not from the signatures' scanner "
+                         f"{scanner.name} (--scanner)")
     last_error: ValueError | None = None
     for _ in range(_PLACEMENT_TRIES):
         placed = tip.transform_signature(signature, rng)
