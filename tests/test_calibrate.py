@@ -234,6 +234,9 @@ def test_a_rebuild_keeps_the_profile_it_replaces(tmp_path: Path) -> None:
     second = build_profile(acquisitions, version=2, created_at=datetime(2026, 1, 6, tzinfo=timezone.utc))
     save_profile(second, path)
     assert load_profile(path).profile_id == second.profile_id
+    older = build_profile(acquisitions, version=1, created_at=datetime(2026, 1, 7, tzinfo=timezone.utc))
+    with pytest.raises(ProfileError, match=r"a newer profile than version 1; .* \(--version 3\)"):
+        save_profile(older, path)  # a v1 now would be followed by a second, different v2
     kept = find_profile(first.profile_id, root)
     assert kept is not None and kept.parent.name == "superseded"
     # Every lane's service reads them, whoever runs it.

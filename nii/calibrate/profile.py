@@ -214,14 +214,18 @@ def save_profile(profile: CalibrationProfile, path: str | os.PathLike) -> Path:
     ------
     ProfileError
         ``path`` holds something that is not a calibration profile, or
-        another profile of the same scanner and version (a rebuild is a new
-        version, so that the two never share a name in results).
+        another profile of the same scanner and this or a later version (a
+        rebuild is a new, higher version, so that two never share a name in
+        results).
     """
     path = Path(path)
     existing = _existing_profile(path)
     if existing is not None and existing.content_hash != profile.content_hash:
-        if (existing.scanner_id, existing.version) == (profile.scanner_id, profile.version):
-            raise ProfileError(f"{path} holds {existing.profile_id}, another build of version {profile.version}; "
+        if existing.scanner_id == profile.scanner_id and profile.version <= existing.version:
+            # Versions only go up: an older number again would, at the next
+            # default rebuild, give two different profiles one name.
+            what = "another build of version" if profile.version == existing.version else "a newer profile than version"
+            raise ProfileError(f"{path} holds {existing.profile_id}, {what} {profile.version}; "
                                f"give the rebuild a new version (--version {existing.version + 1})")
         kept = _superseded_path(path, existing.profile_id)
         if not kept.exists():
