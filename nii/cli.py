@@ -207,9 +207,18 @@ def cmd_batch_run(args: argparse.Namespace) -> int:
     # A scheduler's or a shell's `kill` stops the run as Ctrl-C does: the
     # scans analysed so far are committed and the workers stopped.
     signal.signal(signal.SIGTERM, _interrupt)
-    summary = run_batch(args.archives, args.out, config=args.config, engine=args.engine, workers=args.workers,
-                        outputs=args.outputs, chunk_size=args.chunk_size, ray_address=args.ray_address,
-                        progress=not (args.quiet or args.json))
+    try:
+        summary = run_batch(args.archives, args.out, config=args.config, engine=args.engine, workers=args.workers,
+                            outputs=args.outputs, chunk_size=args.chunk_size, ray_address=args.ray_address,
+                            progress=not (args.quiet or args.json))
+    except KeyboardInterrupt:
+        from nii.batch.results import MANIFEST, read_manifest
+
+        manifest = Path(args.out) / MANIFEST
+        kept = sum(len(r["scans"]) for r in read_manifest(args.out) if r.get("event") == "part") \
+            if manifest.is_file() else 0
+        print(f"interrupted: {args.out} keeps {kept} scans; run the same command again to carry on", file=sys.stderr)
+        return 130
     print(json.dumps(summary.to_dict()) if args.json else summary.text())
     return 1 if summary.errors else 0
 
