@@ -94,6 +94,8 @@ def test_a_different_image_under_a_held_scan_id_is_refused_not_called_a_duplicat
     ([Upload("x.png", b"not a png")], "unrecognised content"),
     (sample_uploads("bag-clear") + sample_uploads("container"), "hold 2 scans"),
     (sample_uploads("bag-clear")[:1], "No such file or directory: 'bag-clear.raw'"),
+    ([sample_uploads("bag-clear")[0], Upload("renamed.raw", sample_uploads("bag-clear")[1].data)],
+     "bag-clear.json names data_file bag-clear.raw, which was not sent"),
 ])
 def test_unreadable_submissions_are_refused_with_their_reason(store, uploads, reason):
     with pytest.raises(IntakeError, match=reason) as err:

@@ -197,6 +197,16 @@ def _read_one_scan(folder: Path, names: list[str], read_limits: ReadLimits):
         # named .txt), as a file named on the command line is; the walk
         # leaves out notes and other JSON only beside scans.
         sources = [ScanSource(folder / names[0])]
+    if len(sources) > 1:
+        # A raw pair whose data file came under another name is two "scans":
+        # say what is missing instead.
+        for sidecar in (s.path for s in sources if s.path.suffix.lower() == ".json"):
+            try:
+                data_file = sidecar_data_file(sidecar)
+            except ScanReadError as err:
+                raise IntakeError(f"{sidecar.name}: {err.reason}") from None
+            if not data_file.exists():
+                raise IntakeError(f"{sidecar.name} names data_file {data_file.name}, which was not sent")
     if len(sources) != 1:
         raise IntakeError(f"the {len(names)} files sent hold {len(sources)} scans; send one scan per submission"
                           if sources else "the files sent hold no scan")
