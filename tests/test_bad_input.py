@@ -161,6 +161,14 @@ def test_truncated_files_are_refused(tmp_path: Path, suffix: str) -> None:
         refused(path)
 
 
+def test_a_truncated_png_gets_our_line_and_nothing_from_libpng(tmp_path: Path, capfd: pytest.CaptureFixture) -> None:
+    path = tmp_path / "scan.png"
+    write_scan(make_scan(ScanKind.SINGLE_ENERGY), path)
+    path.write_bytes(path.read_bytes()[:-40])
+    assert "truncated" in refused(path).reason
+    assert capfd.readouterr().err == ""  # libpng prints its own error line on stderr
+
+
 def test_16_bit_colour_is_not_pseudo_colour(tmp_path: Path) -> None:
     import cv2
 

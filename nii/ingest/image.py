@@ -19,7 +19,7 @@ import tifffile
 from PIL import Image
 
 from nii.ingest.arrays import scan_from_array
-from nii.ingest.errors import ScanTooLargeError, UnsupportedScanError, refuse_on_error
+from nii.ingest.errors import CorruptScanError, ScanTooLargeError, UnsupportedScanError, refuse_on_error
 from nii.ingest.limits import ReadLimits, check_pixel_budget
 from nii.scan import Scan, ScanFormat, ScanKind
 
@@ -70,6 +70,10 @@ def read_png(path: str | os.PathLike, *, limits: ReadLimits = ReadLimits()) -> S
     with refuse_on_error("PNG", str(path)):
         data = Path(path).read_bytes()
         _header_size(data, limits)
+        # A PNG ends with its IEND chunk. Refused here, a cut-off file gets our
+        # one line instead of libpng's own error line on stderr before it.
+        if b"IEND" not in data[-1024:]:
+            raise CorruptScanError("PNG is truncated (no IEND chunk at its end)")
         array = _decode(data)
         # IHDR is always the first chunk; its colour type is byte 25.
         colour_type = data[25] if len(data) > 25 else None
