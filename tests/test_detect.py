@@ -345,7 +345,7 @@ def test_nii_evaluate_json_on_simulated_and_image_level_sets(tiny_registry, tmp_
 def test_nii_evaluate_and_models_refuse_bad_input_in_one_line(tiny_registry, tmp_path, capsys):
     from nii.cli import main
 
-    root, _ = tiny_registry
+    root, cache = tiny_registry
     assert main(["evaluate", str(tmp_path / "missing"), "--models", str(root)]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
     assert main(["evaluate", str(tmp_path), "--model", "nope", "--models", str(root)]) == 2
@@ -360,6 +360,9 @@ def test_nii_evaluate_and_models_refuse_bad_input_in_one_line(tiny_registry, tmp
     assert "weights.pt: sha256 mismatch" in capsys.readouterr().out
     assert main(["evaluate", str(tmp_path), "--model", "tiny", "--models", str(broken)]) == 2
     assert "sha256 mismatch" in capsys.readouterr().err
+    coco = next(cache.glob("simulated-*/annotations.json")).parent  # a COCO set the fixture simulated
+    assert main(["evaluate", str(coco), "--split", "val", "--model", "tiny", "--models", str(root)]) == 2
+    assert "applies to Pascal VOC sets only" in capsys.readouterr().err
 
 
 def test_bad_training_config_is_one_line(tmp_path, capsys):

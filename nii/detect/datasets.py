@@ -200,10 +200,12 @@ def read_box_dataset(path: str | os.PathLike, split: str | None = None) -> list[
     """Any box data set, by its layout (VOC folder, COCO JSON or folder holding
     ``annotations.json``, YOLO folder)."""
     path = Path(path)
-    if path.is_file() and path.suffix == ".json":
-        return read_coco(path)
     if (path / "Annotations").is_dir():
         return read_voc(path, split)
+    if split is not None:  # silently ignored, the whole set would be scored as if it were the split
+        raise ValueError(f"{path}: a split (ImageSets/Main/{split}.txt) applies to Pascal VOC sets only")
+    if path.is_file() and path.suffix == ".json":
+        return read_coco(path)
     if (path / "annotations.json").exists():
         return read_coco(path / "annotations.json")
     if (path / "labels").is_dir() and (path / "images").is_dir():
