@@ -94,6 +94,8 @@ def test_training_into_a_published_version_is_refused_before_training(tiny_regis
     models, cache = tiny_registry
     with pytest.raises(ValueError, match="tiny 0.0.1 is already published"):
         train(config, models_root=models, max_steps=1000, cache=cache, progress=False)
+    with pytest.raises(ValueError, match="is not a folder: the registry to publish into"):
+        train(config, models_root=config, max_steps=1000, cache=cache, progress=False)
 
 
 @pytest.mark.parametrize("change, message", [

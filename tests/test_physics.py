@@ -346,3 +346,7 @@ def test_broken_toml_and_missing_file_are_value_errors(tmp_path):
         load_scanner(path)
     with pytest.raises(ValueError, match="does not exist"):
         load_scanner(tmp_path / "absent.toml")
+    latin = tmp_path / "latin.toml"
+    latin.write_bytes('name = "Gepäck"\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=f"{latin}: the scanner file is not valid TOML"):
+        load_scanner(latin)

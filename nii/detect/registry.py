@@ -233,6 +233,8 @@ def check_unpublished(name: str, version: str, root: str | os.PathLike = MODELS_
 
     Trainers call it before training, not after an hour of it.
     """
+    if Path(root).exists() and not Path(root).is_dir():
+        raise ValueError(f"{root} is not a folder: the registry to publish into is a folder (--models)")
     if (Path(root) / name / version).exists():
         raise ValueError(f"{name} {version} is already published in {root}; a new model needs a new version "
                          "([model] version in its config)")

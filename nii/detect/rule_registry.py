@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -36,8 +35,8 @@ def rule_model_name(rule: str) -> str:
 def is_rules_config(path: str | os.PathLike) -> bool:
     """True for a rules config (it has a ``[rules]`` table), False for a training config."""
     try:
-        return "rules" in tomllib.loads(Path(path).read_text())
-    except (OSError, tomllib.TOMLDecodeError):
+        return "rules" in read_toml(path, "the config")
+    except ValueError:  # unreadable: the training config's reader says why
         return False
 
 

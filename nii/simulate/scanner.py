@@ -32,12 +32,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import tomllib
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from nii.config import read_toml
 from nii.simulate import physics
 
 __all__ = ["ScannerModel", "load_scanner", "list_scanners", "transmission", "effective_energy_kev"]
@@ -409,14 +409,9 @@ def load_scanner(name_or_path: str | os.PathLike = "baggage-dual-kvp") -> Scanne
         if text not in valid:
             raise ValueError(f"unknown scanner {text!r}; valid names: {', '.join(valid)}")
         path = _BUNDLED / f"{text}.toml"
-    try:
-        with open(path, "rb") as handle:
-            config = tomllib.load(handle)
-    except FileNotFoundError:
-        raise ValueError(f"scanner file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"scanner file {path} is not valid TOML: {exc}") from None
-    return _build(config)
+    if not path.is_file():
+        raise ValueError(f"scanner file {path} does not exist")
+    return _build(read_toml(path, "the scanner file"))
 
 
 # -- fast transmission ---------------------------------------------------------
