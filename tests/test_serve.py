@@ -292,6 +292,34 @@ def test_live_events_report_new_and_analysed_scans(client, service):
     assert seen[0] in ("queued", "running") and seen[-1] == "done"
 
 
+def test_a_live_stream_ends_when_its_session_is_revoked(client):
+    token = client.post("/api/token", data={"username": "op", "password": PASSWORDS["op"]}).json()["access_token"]
+    headers = {"Authorization": f"Bearer {token}"}
+    started = time.monotonic()
+    with client.stream("GET", "/api/scans/events", headers=headers) as events:
+        lines = events.iter_lines()
+        assert next(lines).startswith("retry:")
+        assert client.delete("/api/session", headers=headers).status_code == 204  # logged out elsewhere
+        for _ in lines:  # the stream must end on its own, not run on for ever
+            assert time.monotonic() - started < 30
+    assert client.get("/api/scans/events", headers=headers).status_code == 401
+
+
+def test_me_lists_what_the_role_may_do_and_a_bag_is_not_cleared_before_it_is_judged(tmp_path):
+    store = Store.open(tmp_path / "data")
+    add_users(store)
+    service = Service(store, ServiceConfig(workers=1, dicom_port=0))  # not started: scans stay queued
+    client = TestClient(create_app(service))
+    op, dev = login(client, "op"), login(client, "dev")
+    assert client.get("/api/me", headers=op).json()["permissions"] == ["decide", "submit", "view"]
+    assert "decide" not in client.get("/api/me", headers=dev).json()["permissions"]
+    scan_id = upload(client, "bag-threat", op).json()["scan_id"]
+    cleared = client.post(f"/api/scans/{scan_id}/decisions", json={"outcome": "clear"}, headers=op)
+    assert cleared.status_code == 409 and "still being analysed" in cleared.json()["detail"]
+    search = client.post(f"/api/scans/{scan_id}/decisions", json={"outcome": "search"}, headers=op)
+    assert search.status_code == 201  # escalating needs no result
+
+
 @pytest.mark.parametrize("error, expected", [
     (AnalysisError("no calibration profile for scanner x"), "no calibration profile for scanner x"),
     (KeyError("a bug"), "internal error: KeyError: 'a bug'"),

@@ -563,3 +563,32 @@ def test_an_officer_opens_a_case_from_the_viewer(login, server):
     assert (stored.category, stored.quantity, stored.seized, stored.status, stored.declaration_number) == (
         "EXPLOSIVE", "0.4 kg", True, "referred", "DECL-77")
     assert notes == ["handed to the police"]
+
+
+def test_decisions_offered_follow_the_role_and_a_logout_leaves_nothing_behind(login, server):
+    from nii.serve.auth import add_user
+
+    developer = ("dev-viewer", "developer-viewer-pass")
+    with server.store.transaction() as conn:
+        add_user(server.store, conn, *developer, "model_developer")
+    page = login(developer)
+    open_scan(page, server.xray_id)
+    for outcome in ("clear", "search", "threat"):  # the service would refuse them: not offered
+        button = page.locator(f"#decide-{outcome}")
+        expect(button).to_be_disabled()
+        expect(button).to_have_attribute("title", "your role does not record decisions")
+    page.keyboard.press("s")
+    expect(page.locator("#decision-message")).to_contain_text("Not available: your role does not record decisions")
+    assert [d.username for d in server.decisions(server.xray_id)].count(developer[0]) == 0
+    # Logging out and in again as someone else starts from a fresh page:
+    # no message, panel or open scan of the last user is left to act on.
+    page.click("#logout")
+    expect(page.locator("#login-form")).to_be_visible()
+    page.fill("#login-user", SUPERVISOR[0])
+    page.fill("#login-password", SUPERVISOR[1])
+    page.click("#login-form button[type=submit]")
+    expect(page.locator("#who-name")).to_have_text(SUPERVISOR[0])
+    expect(page.locator("#decision-message")).to_be_hidden()
+    newest = page.locator(".scan-row").first.get_attribute("data-scan")
+    expect(page.locator(".scan-row").first).to_have_attribute("aria-current", "true")
+    wait_view(page, newest + "?")

@@ -89,7 +89,8 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
     ------
     DecisionError
         No such scan (404); not allowed to decide or to reverse (403); a
-        "reversal" to the standing decision (409); a threat without a
+        "reversal" to the standing decision, or a clear before the scan's
+        analysis is done (409); a threat without a
         category, a category without a threat, or a note too long (422).
     ValueError
         The stored machine TDR (or the superseded operator TDR) is not one.
@@ -117,6 +118,11 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
     last = latest.id if latest is not None else None
     if last is not None and not user.can(Permission.REVERSE_DECISION):
         raise DecisionError("this scan already has a decision; only a supervisor can reverse it", 403)
+    # A bag is not cleared before the machine has judged it: its alarm would
+    # come after the officer's "clear", unseen. Escalating is always allowed.
+    status_now = conn.execute(sa.select(scans.c.status).where(scans.c.scan_id == scan_id)).scalar()
+    if outcome is Outcome.CLEAR and status_now in ("queued", "running"):
+        raise DecisionError("the scan is still being analysed; clear it once its result is shown", 409)
     # Stating the standing decision again reverses nothing; counted as a
     # reversal it would inflate the reversal rate supervisors are judged by.
     if latest is not None and (latest.outcome, latest.category) == (outcome.value, category):

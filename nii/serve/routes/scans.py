@@ -20,12 +20,14 @@ from nii.annotate.view import CT_AXES, operator_view
 from nii.calibrate.render import TOOLS
 from nii.ingest.image import encode_image
 from nii.serve import audit
-from nii.serve.auth import Permission
+from nii.serve.auth import Permission, user_for_token
 from nii.serve.decisions import DecisionError, decisions_of, record_decision
-from nii.serve.deps import CurrentUser, RowId, RowOffset, ServiceDep, allowed
+from nii.serve.deps import CurrentUser, RowId, RowOffset, ServiceDep, allowed, bearer_or_cookie
 from nii.serve.intake import IntakeError, Upload
 from nii.serve.store import decisions, results, scans
 
+# How often a live stream checks that its session still holds.
+_SESSION_CHECK_S = 2.0
 # A Last-Event-ID the revision column can hold (BIGINT); anything else
 # starts the stream from now.
 _REVISION = re.compile(r"[0-9]{1,18}")
@@ -167,11 +169,23 @@ async def scan_events(request: Request, service: ServiceDep, user: Viewer) -> St
     # either in that reload or sent as an event, never lost between the two.
     start = int(last_id) if _REVISION.fullmatch(last_id) else (await asyncio.to_thread(changes, None))[0]
 
+    token = bearer_or_cookie(request)
+
+    def session_ended() -> bool:
+        with service.store.read() as conn:
+            return user_for_token(conn, token) is None
+
     async def stream():
         cursor = start
         yield "retry: 2000\n\n"
-        quiet_since = time.monotonic()
+        quiet_since = checked_at = time.monotonic()
         while not await request.is_disconnected():
+            # A logout or an expiry elsewhere ends the stream: scan metadata
+            # must not keep flowing to a tab whose session was revoked.
+            if time.monotonic() - checked_at > _SESSION_CHECK_S:
+                if await asyncio.to_thread(session_ended):
+                    return
+                checked_at = time.monotonic()
             seen = service.change_count
             cursor, rows = await asyncio.to_thread(changes, cursor)
             for row in rows:

@@ -10,7 +10,7 @@ from fastapi.security import OAuth2PasswordRequestForm
 from pydantic import BaseModel
 
 from nii.serve import audit
-from nii.serve.auth import User, authenticate, issue_token, revoke_token
+from nii.serve.auth import Permission, User, authenticate, issue_token, revoke_token
 from nii.serve.deps import SESSION_COOKIE, CurrentUser, ServiceDep, bearer_or_cookie
 from nii.serve.service import Service
 
@@ -26,6 +26,14 @@ class Token(BaseModel):
 class UserPublic(BaseModel):
     username: str
     role: str
+    # What the role may do (nii.serve.auth): the viewer offers only these,
+    # and the API checks them again.
+    permissions: list[str]
+
+    @classmethod
+    def of(cls, user: User) -> UserPublic:
+        return cls(username=user.username, role=user.role,
+                   permissions=sorted(p.value for p in Permission if user.can(p)))
 
 
 def _login(service: Service, form: OAuth2PasswordRequestForm, how: str) -> tuple[User, str]:
@@ -53,7 +61,7 @@ def open_session(form: LoginForm, service: ServiceDep, response: Response) -> Us
     user, issued = _login(service, form, "viewer")
     response.set_cookie(SESSION_COOKIE, issued, httponly=True, samesite="strict",
                         max_age=int(service.config.session_hours * 3600))
-    return UserPublic(username=user.username, role=user.role)
+    return UserPublic.of(user)
 
 
 @router.delete("/session", status_code=status.HTTP_204_NO_CONTENT)
@@ -68,4 +76,4 @@ def close_session(request: Request, service: ServiceDep, response: Response) -> 
 
 @router.get("/me", response_model=UserPublic)
 def me(user: CurrentUser) -> UserPublic:
-    return UserPublic(username=user.username, role=user.role)
+    return UserPublic.of(user)

@@ -2,21 +2,22 @@
 // threat (with its DICOS category and a note), and the scan's decision history.
 //
 // The service decides who may do what: an operator's second decision on a
-// scan is refused (403) and only a supervisor may reverse one. The page does
-// not second-guess that; it sends the decision and shows the service's answer.
+// scan is refused (403) and only a supervisor may reverse one. The page
+// offers only what the user's permissions (from /api/me) and the scan's state
+// allow, and still shows the service's own answer to what it sends.
 
 import { api } from "./api.js";
 import { el, $, localTime } from "./dom.js";
 import { CATEGORY_NAMES, OUTCOME_NAMES, categoryOptions, nameOf } from "./names.js";
 
-/** Roles whose second decision is a reversal the service accepts (nii.serve.auth). */
-const MAY_REVERSE = new Set(["supervisor", "admin"]);
+/** Scans the machine is still judging: clearing one would pass over an alarm still to come. */
+const BEING_ANALYSED = new Set(["queued", "running"]);
 
 export class DecisionPanel {
   /**
    * @param {HTMLElement} root the decision section
    * @param {HTMLDialogElement} dialog the threat / reversal dialog
-   * @param {{user: () => ({username, role}|null), onDecided: (scanId: string) => void}} hooks
+   * @param {{user: () => ({username, role, permissions}|null), onDecided: (scanId: string) => void}} hooks
    */
   constructor(root, dialog, { user, onDecided }) {
     this.root = root;
@@ -43,8 +44,13 @@ export class DecisionPanel {
     this.scan = scan;
     this.history = history ?? [];
     if (changed) this.message("");
-    for (const button of this.root.querySelectorAll(".decide")) button.disabled = !scan || this.busy;
     const standing = this.history.at(-1);
+    for (const outcome of ["clear", "search", "threat"]) {
+      const why = this.unavailable(outcome, standing);
+      const button = $(`#decide-${outcome}`, this.root);
+      button.disabled = why !== null;
+      button.title = why ?? "";
+    }
     $("#decision-standing", this.root).textContent = !scan ? ""
       : standing ? `Standing decision: ${describe(standing)}`
         : "No decision yet";
@@ -65,14 +71,31 @@ export class DecisionPanel {
    * cannot silently overturn a colleague's decision.
    */
   request(outcome) {
-    if (!this.scan || this.busy || this.dialog.open) return;
+    if (this.dialog.open) return;
     const standing = this.history.at(-1);
-    const reversal = standing && MAY_REVERSE.has(this.user()?.role);
-    if (outcome === "threat" || reversal) {
-      this.openDialog(outcome, standing && reversal ? standing : null);
+    const why = this.unavailable(outcome, standing);
+    if (why !== null) {
+      if (this.scan && !this.busy) this.message(`Not available: ${why}.`, "error");
+      return;
+    }
+    if (outcome === "threat" || standing) {
+      this.openDialog(outcome, standing ?? null);
     } else {
       this.submit(this.scan.scan_id, { outcome });
     }
+  }
+
+  /** Why `outcome` cannot be recorded on the open scan now, or null when it can. */
+  unavailable(outcome, standing) {
+    const may = new Set(this.user()?.permissions ?? []);
+    if (!this.scan || this.busy) return "no scan open";
+    if (!may.has("decide")) return "your role does not record decisions";
+    if (standing && !may.has("reverse_decision")) return "the scan is decided; only a supervisor can reverse it";
+    if (standing && outcome === standing.outcome && outcome !== "threat") {
+      return `the standing decision is already “${nameOf(OUTCOME_NAMES, outcome)}”`;
+    }
+    if (outcome === "clear" && BEING_ANALYSED.has(this.scan.status)) return "the scan is still being analysed";
+    return null;
   }
 
   openDialog(outcome, reversing) {

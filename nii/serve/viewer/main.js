@@ -11,8 +11,6 @@ import { Queue, followScans } from "./queue.js";
 import { TOOLS, Viewer } from "./viewer.js";
 
 const state = { user: null, live: null, openToken: 0 };
-// Roles with the read_reports permission (nii.serve.auth); the API checks it again.
-const REPORT_ROLES = ["supervisor", "admin"];
 
 // -- messages ---------------------------------------------------------------------------------------------------------
 
@@ -99,15 +97,26 @@ function enter(user) {
   $("#who-name").textContent = user.username;
   $("#who-role").textContent = user.role.replaceAll("_", " ");
   $("#who").hidden = $("#logout").hidden = false;
-  $("#report-link").hidden = !REPORT_ROLES.includes(user.role);
+  $("#report-link").hidden = !user.permissions.includes("read_reports");
   $("#login-view").hidden = true;
   $("#app").hidden = false;
   queue.reload();
   startLive();
 }
 
+// Carries the login form's message across the reload that ends a session.
+const LOGIN_MESSAGE = "nii-login-message";
+
 function leave(message = "") {
-  state.user = null;
+  if (state.user) {
+    // A fresh page: nothing of this user's (open scan, panels, filters) is
+    // left for the next one to act on.
+    sessionStorage.setItem(LOGIN_MESSAGE, message);
+    state.user = null;
+    state.live?.close();
+    window.location.reload();
+    return;
+  }
   state.live?.close();
   state.live = null;
   state.openToken += 1;
@@ -152,4 +161,8 @@ $("#logout").addEventListener("click", async () => {
 });
 
 // Already logged in (the cookie lives on across reloads)?
-api.me().then(enter, () => leave());
+api.me().then(enter, () => {
+  const message = sessionStorage.getItem(LOGIN_MESSAGE) ?? "";
+  sessionStorage.removeItem(LOGIN_MESSAGE);
+  leave(message);
+});
