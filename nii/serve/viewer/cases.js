@@ -51,17 +51,27 @@ export class CasePanel {
   caseItem(c) {
     const status = el("select", { "aria-label": `Status of case ${c.case_id}`, class: "case-status" },
       ...["open", "referred", "closed"].map((s) => el("option", { value: s, selected: s === c.status }, s)));
-    status.addEventListener("change", () => this.change(c.case_id, () => api.changeCase(c.case_id, { status: status.value })));
-    const note = el("input", { type: "text", maxlength: 4000, placeholder: "Add a note…", "aria-label": "Note" });
+    // Saved by its button, not on "change": arrow keys on a focused list would
+    // otherwise save each step, and one step too many closes the case.
+    const setStatus = el("button", { type: "button", class: "case-set-status" }, "Set status");
+    setStatus.addEventListener("click", () => {
+      if (status.value === c.status) return;
+      if (status.value === "closed" && !window.confirm(`Close case ${c.case_id}? Only a supervisor can reopen it.`)) return;
+      this.change(c.case_id, () => api.changeCase(c.case_id, { status: status.value }));
+    });
+    const closed = c.status === "closed";  // the service refuses changes until a supervisor reopens it
+    const note = el("input", { type: "text", maxlength: 4000, placeholder: "Add a note…", "aria-label": "Note",
+                               disabled: closed });
     note.addEventListener("keydown", (event) => {
       if (event.key === "Enter" && note.value.trim()) this.change(c.case_id, () => api.addNote(c.case_id, note.value.trim()));
     });
-    const photo = el("input", { type: "file", accept: "image/jpeg,image/png,application/pdf", "aria-label": "Attach a photograph" });
+    const photo = el("input", { type: "file", accept: "image/jpeg,image/png,application/pdf", "aria-label": "Attach a photograph",
+                                disabled: closed });
     photo.addEventListener("change", () => {
       if (photo.files[0]) this.change(c.case_id, () => api.attach(c.case_id, photo.files[0]));
     });
     return el("li", { class: "case", dataset: { caseId: c.case_id } },
-      el("p", {}, el("strong", {}, `Case ${c.case_id}`), " · ", status,
+      el("p", {}, el("strong", {}, `Case ${c.case_id}`), " · ", status, " ", setStatus,
         c.seized ? el("span", { class: "tag" }, "seized") : null),
       el("p", { class: "muted" }, [
         c.category ? nameOf(CATEGORY_NAMES, c.category) : "No category",
