@@ -298,7 +298,7 @@ def test_a_decision_on_an_analysed_scan_stores_its_operator_tdr(analysed):
     assert ds.AlarmDecisionTime.endswith(datetime.now().astimezone().strftime("%z"))  # local, with its offset
 
     with store.transaction() as conn:
-        reversal = record_decision(store, conn, SUP, scan_id, "clear")
+        reversal = record_decision(store, conn, SUP, scan_id, "clear", note="a laptop battery, seen on the search")
         stored = {d.id: d.operator_tdr_sha256 for d in decisions_of(conn, scan_id)}
     again = stored_tdr(store, reversal.operator_tdr_sha256)
     assert (again.AlarmDecision, again.InstanceNumber, len(again.ThreatSequence)) == ("CLEAR", 2, 0)

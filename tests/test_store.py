@@ -188,7 +188,8 @@ def test_only_a_supervisor_reverses_a_decision(store):
     assert reversal.supersedes == first.id and [d.outcome for d in history] == ["search", "threat"]
     for kwargs, code in [({"outcome": "threat"}, 422), ({"outcome": "clear", "category": "OTHER"}, 422),
                          ({"outcome": "maybe"}, 422), ({"outcome": "threat", "category": "GUN"}, 422),
-                         ({"outcome": "threat", "category": "CONTRABAND", "note": "same again"}, 409)]:
+                         ({"outcome": "threat", "category": "CONTRABAND", "note": "same again"}, 409),
+                         ({"outcome": "search"}, 422), ({"outcome": "search", "note": "   "}, 422)]:
         with pytest.raises(DecisionError) as err, store.transaction() as conn:
             record_decision(store, conn, sup, scan_id, **kwargs)
         assert err.value.status == code

@@ -90,8 +90,8 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
     DecisionError
         No such scan (404); not allowed to decide or to reverse (403); a
         "reversal" to the standing decision, or a clear before the scan's
-        analysis is done (409); a threat without a
-        category, a category without a threat, or a note too long (422).
+        analysis is done (409); a threat without a category, a category
+        without a threat, a reversal without a reason, or a note too long (422).
     ValueError
         The stored machine TDR (or the superseded operator TDR) is not one.
     OSError
@@ -128,6 +128,9 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
     if latest is not None and (latest.outcome, latest.category) == (outcome.value, category):
         standing = outcome.value + (f"/{category}" if category else "")
         raise DecisionError(f"the scan's decision is already {standing}; a reversal must differ", 409)
+    # Overturning a colleague's decision is what an inquiry asks about first.
+    if latest is not None and not (note and note.strip()):
+        raise DecisionError("a reversal needs its reason in the note", 422)
     values = {"scan_id": scan_id, "decided_at": utc_now(), "username": user.username, "outcome": outcome.value,
               "category": category, "note": note or None, "supersedes": last}
     values["operator_tdr_sha256"] = _store_operator_tdr(store, conn, values)

@@ -107,6 +107,7 @@ export class DecisionPanel {
     $("#dialog-category-row", form).hidden = outcome !== "threat";
     $("#dialog-category", form).required = outcome === "threat";
     $("#dialog-note-label", form).textContent = reversing ? "Reason for the reversal" : "Note (optional)";
+    $("#dialog-note", form).required = Boolean(reversing);  // the service refuses a reversal without one
     $("#dialog-note", form).value = "";
     $("#dialog-confirm", form).textContent = reversing ? "Reverse decision" : "Record threat";
     this.dialog.returnValue = "";
