@@ -13,7 +13,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nii.cli import main
 from nii.evidence import EvidenceError, export_case, fingerprint, site_key, verify_package
+from nii.calibrate.profile import CALIBRATION_ROOT, load_profile
 from nii.evidence.keys import SITE_KEY_NAME
+from nii.evidence.package import _Writer, _enclose_profiles
 from nii.serve.auth import User
 from nii.serve.cases import add_attachment, add_note, open_case
 from nii.serve.decisions import record_decision
@@ -47,6 +49,10 @@ def case(tmp_path_factory):
     store.engine.dispose()
 
 
+# Where the shipped ct-baggage profile goes in a package: one folder per profile ("v1-<hash>").
+PROFILE_FOLDER = load_profile(CALIBRATION_ROOT / "ct-baggage" / "profile.npz").profile_id.split("/", 1)[1].replace("/", "-")
+
+
 def rewritten(source, target, change):
     """Copy the package, passing each member's (name, bytes) through ``change``; None drops it."""
     with zipfile.ZipFile(source) as old, zipfile.ZipFile(target, "w", zipfile.ZIP_DEFLATED) as new:
@@ -76,7 +82,7 @@ def test_export_holds_the_case_exactly_and_verifies(case):
         assert archive.read("attachments/1-search_photo.jpg") == JPEG
     assert {"README.txt", "case.json", "scans/1/scan.json", "scans/1/annotated.png", "scans/1/result.json",
             "scans/1/machine-tdr.dcm", "provenance.json", "models/rule-ct-density-1.0.0/card.json",
-            "calibration/ct-baggage/profile.npz"} <= names
+            f"calibration/ct-baggage/{PROFILE_FOLDER}/profile.npz"} <= names
     assert {m["path"] for m in manifest["files"]} | {"manifest.json", "manifest.sig"} == names
     assert manifest["case_id"] == case["case_id"] and manifest["signer"]["fingerprint"] == result.fingerprint
     assert [(d["username"], d["outcome"], d["category"]) for d in decisions] == [("op", "threat", "EXPLOSIVE")]
@@ -87,7 +93,7 @@ def test_export_holds_the_case_exactly_and_verifies(case):
 
 
 def test_a_profile_replaced_by_a_rebuild_is_still_enclosed(case, tmp_path):
-    from nii.calibrate.profile import CALIBRATION_ROOT, build_profile, load_profile, save_profile
+    from nii.calibrate.profile import build_profile, save_profile
 
     root = tmp_path / "calibration"
     used = load_profile(CALIBRATION_ROOT / "ct-baggage" / "profile.npz")  # the one the case's result names
@@ -98,11 +104,17 @@ def test_a_profile_replaced_by_a_rebuild_is_still_enclosed(case, tmp_path):
                 calibration_root=root)
     with zipfile.ZipFile(tmp_path / "case.zip") as archive:
         enclosed = tmp_path / "enclosed.npz"
-        enclosed.write_bytes(archive.read("calibration/ct-baggage/profile.npz"))
+        enclosed.write_bytes(archive.read(f"calibration/ct-baggage/{PROFILE_FOLDER}/profile.npz"))
         provenance = json.loads(archive.read("provenance.json"))
     assert load_profile(enclosed).profile_id == used.profile_id
     listed = [p for p in provenance["calibration"] if p["profile_id"] == used.profile_id]
     assert listed and listed[0]["enclosed"], provenance
+    # A case spanning the recalibration names both profiles of the scanner: both go in, side by side.
+    rebuilt = load_profile(root / "ct-baggage" / "profile.npz")
+    with zipfile.ZipFile(tmp_path / "both.zip", "w") as archive:
+        enclosed = _enclose_profiles(_Writer(archive, (2026, 1, 1, 0, 0, 0)), [used.profile_id, rebuilt.profile_id], root)
+    assert [(p["profile_id"], p["enclosed"]) for p in enclosed] == [(used.profile_id, True), (rebuilt.profile_id, True)]
+    assert len({p["folder"] for p in enclosed}) == 2
 
 
 def test_one_changed_byte_in_any_file_fails_naming_it(case, tmp_path):

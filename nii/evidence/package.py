@@ -15,7 +15,7 @@ The package is a zip with a fixed layout::
     audit.json                        audit entries about the case and its scans, and the chain check
     provenance.json                   models and calibration profiles used, and which are enclosed
     models/<name>-<version>/card.json, SHA256SUMS
-    calibration/<scanner>/profile.npz (or profile-header.json when too large)
+    calibration/<scanner>/v<N>-<hash>/profile.npz (or profile-header.json when too large)
     attachments/<id>-<name>           photographs and documents of the search
     report.pdf                        the printable report
     manifest.json                     every file above: path, sha256, size; the signer's fingerprint
@@ -189,7 +189,10 @@ def _enclose_profiles(writer: _Writer, profile_ids: list[str], calibration_root:
             entry["note"] = (f"not enclosed: the site's profile for {scanner} is now {profile.profile_id}, "
                              "and no superseded copy of the one the result names is kept")
         else:
-            folder = f"calibration/{_member_name(scanner, 0)}"
+            # One folder per profile, not per scanner: a case can span a
+            # recalibration, and then names two profiles of one scanner.
+            version_and_hash = profile_id.split("/", 1)[-1].replace("/", "-")
+            folder = f"calibration/{_member_name(scanner, 0)}/{_member_name(version_and_hash, 0)}"
             header = {"scanner_id": profile.scanner_id, "version": profile.version,
                       "created_at": profile.created_at.isoformat(), "kind": profile.kind,
                       "content_hash": profile.content_hash, "file_sha256": hashlib.sha256(data).hexdigest(),
