@@ -278,6 +278,14 @@ def test_each_table_round_trips_through_csv(hand_store, table):
                 assert float(cell) == value
 
 
+def test_text_a_spreadsheet_would_run_as_a_formula_is_quoted():
+    from nii.serve.report import _csv_cell
+
+    # Lane and scanner names come from scanners' sidecars: untrusted text.
+    assert [_csv_cell(v) for v in ['=HYPERLINK("http://x","L")', "+1", "-2", "@SUM(A1)", "L1", None, -0.5, 3]] == [
+        '\'=HYPERLINK("http://x","L")', "'+1", "'-2", "'@SUM(A1)", "L1", "", -0.5, 3]
+
+
 def test_the_tables_hold_the_hand_made_figures(hand_store):
     report = hand_report(hand_store, "shift")
     tables = {t: read_csv(report_csv(report, t)) for t in TABLES}

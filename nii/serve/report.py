@@ -587,8 +587,18 @@ def report_csv(report: Report, table: str) -> str:
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\r\n")
     writer.writerow(header)
-    writer.writerows([["" if v is None else v for v in row] for row in rows])
+    writer.writerows([[_csv_cell(v) for v in row] for row in rows])
     return out.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    """A cell as a spreadsheet will take it: text that would start a formula
+    (a lane named ``=HYPERLINK(...)`` by a scanner) is quoted with ``'``."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
 
 
 def report_text(report: Report, tables: Sequence[str] = TABLES) -> str:
