@@ -14,7 +14,7 @@ import signal
 import sys
 import warnings
 from pathlib import Path
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from nii.ingest import ReadLimits, ScanReadError, ScanSource, find_scans, read_source
@@ -461,7 +461,14 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
                            calibration_root=config.calibration_root)
     print(f"wrote {exported.path}: {exported.files} files, manifest sha256 {exported.manifest_sha256}, "
           f"signed by {exported.fingerprint}")
+    if not exported.audit_chain["intact"]:
+        print(f"WARNING: {_broken_chain(exported.audit_chain)}; the package records it", file=sys.stderr)
+        return 1
     return 0
+
+
+def _broken_chain(chain: Mapping[str, Any]) -> str:
+    return f"the site's audit log was BROKEN at entry {chain.get('broken_at')} ({chain.get('reason')}) when exported"
 
 
 def cmd_evidence_verify(args: argparse.Namespace) -> int:
@@ -482,6 +489,8 @@ def cmd_evidence_verify(args: argparse.Namespace) -> int:
         print(f"UNTRUSTED: signed by {result.fingerprint}, not by the trusted key {fingerprint(trusted)}")
         return 1
     print(f"OK: {result.files} files, signed by {result.fingerprint}")
+    if result.audit_chain is not None and not result.audit_chain.get("intact", True):
+        print(f"WARNING: the package is intact, but {_broken_chain(result.audit_chain)}")
     if result.trusted is None:
         print("NOTE: no trusted key given (--public-key or --data): the signature proves the package is unchanged "
               "since it was signed, not who signed it; compare the fingerprint with the site's published one")

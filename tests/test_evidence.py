@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
+import sqlite3
 import stat
 import zipfile
 
@@ -216,3 +218,18 @@ def test_cli_exit_codes(case, tmp_path, capsys):
     with pytest.raises(SystemExit) as refused:  # argparse's usage line, before any database
         main(["evidence", "export", str(2**63), "--out", str(tmp_path / "none.zip"), "--data", str(case["data"])])
     assert refused.value.code == 2 and f"must be within 1-{2**31 - 1}" in capsys.readouterr().err
+
+
+def test_a_broken_audit_log_is_said_at_export_and_at_verify(case, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(case["data"], data)
+    with sqlite3.connect(data / "nii.sqlite3") as db:  # someone edits the log behind the service's back
+        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
+            db.execute(f'DROP TRIGGER "{trigger}"')  # the append-only guard first
+        db.execute("UPDATE audit SET detail = '{\"outcome\": \"clear\"}' WHERE action = 'decide'")
+    out = tmp_path / "tampered.zip"
+    assert main(["evidence", "export", str(case["case_id"]), "--out", str(out), "--data", str(data)]) == 1
+    assert "WARNING: the site's audit log was BROKEN at entry" in capsys.readouterr().err
+    assert main(["evidence", "verify", str(out), "--data", str(data)]) == 0  # the package is what it says
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("OK: ") and lines[1].startswith("WARNING: the package is intact, but the site's")

@@ -36,6 +36,7 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +73,9 @@ class Exported:
     files: int
     fingerprint: str
     manifest_sha256: str
+    #: The site's audit log as checked at export: ``intact``, ``broken_at``,
+    #: ``reason``, ``through_seq`` (also in the signed manifest).
+    audit_chain: Mapping[str, Any]
 
 
 class _Writer:
@@ -382,7 +386,7 @@ def export_case(store: Store, case_id: int, out: str | os.PathLike, *, key: Ed25
         audit.append(store, conn, username=exported_by, action="evidence_export", target=audit_target(case_id),
                      detail={"manifest_sha256": manifest_sha256, "signer": key_fingerprint,
                              "files": len(writer.listed), "file": out.name})
-    return Exported(out, len(writer.listed), key_fingerprint, manifest_sha256)
+    return Exported(out, len(writer.listed), key_fingerprint, manifest_sha256, summary["audit_chain"])
 
 
 def _write_members(writer: _Writer, store: Store, conn: sa.engine.Connection, case_id: int,
@@ -437,4 +441,6 @@ def _write_members(writer: _Writer, store: Store, conn: sa.engine.Connection, ca
         writer.add_blob(f"attachments/{name}", store, attachment["sha256"])
     writer.add("report.pdf", _report(case, scans_info, provenance, excerpt, list(writer.listed), key_fingerprint,
                                      created_at))
-    return {"scans": {str(n): s for s, n in numbers.items()}}
+    # In the signed manifest too, so that verifying the package says it.
+    chain = {k: excerpt["chain"][k] for k in ("intact", "broken_at", "reason", "through_seq")}
+    return {"scans": {str(n): s for s, n in numbers.items()}, "audit_chain": chain}

@@ -31,6 +31,7 @@ import json
 import os
 import zipfile
 import zlib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +62,9 @@ class Verification:
     manifest_sha256: str | None
     problems: tuple[str, ...]
     trusted: bool | None
+    #: What the manifest says of the site's audit log at export (None for
+    #: packages made before it said so).
+    audit_chain: Mapping[str, Any] | None = None
 
     @property
     def ok(self) -> bool:
@@ -198,4 +202,5 @@ def verify_package(path: str | os.PathLike, *, trusted_key: Ed25519PublicKey | N
         manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest() if manifest_bytes is not None else None,
         problems=tuple(problems),
         trusted=trusted,
+        audit_chain=manifest.get("audit_chain") if manifest is not None else None,
     )
