@@ -229,6 +229,10 @@ class ScanResult:
         model.
     annotated : ndarray of uint8, (rows, cols, 3)
         The operator rendering with the alerts drawn (CT: slices and MIPs).
+    alarm_thresholds : mapping of model name to {class: threshold}
+        The score from which each judging model's regions alarmed (``"*"``
+        for every class): its card's operating point, with the config's and
+        the service's changes. Evidence: an alarm is read against these.
     """
 
     scan: Scan
@@ -240,6 +244,7 @@ class ScanResult:
     operating_point: str
     timings_ms: Mapping[str, float]
     annotated: np.ndarray
+    alarm_thresholds: Mapping[str, Mapping[str, float]] = dataclasses.field(default_factory=dict)
 
     @property
     def profile_id(self) -> str:
@@ -349,8 +354,10 @@ class Pipeline:
             raise AnalysisError(err.reason) from None
         except (ValueError, TypeError) as err:
             raise AnalysisError(" ".join(str(err).split()) or type(err).__name__) from None
+        judged = {identity.name for identity in ran}
         return ScanResult(scan, calibrated, tuple(alerts), decision, tuple(ran), skipped,
-                          self.config.operating_point, watch.ms, annotated)
+                          self.config.operating_point, watch.ms, annotated,
+                          {name: dict(by_class) for name, by_class in self.thresholds.items() if name in judged})
 
     def _detect(self, calibrated: CalibratedScan,
                 watch: _Stopwatch) -> tuple[list[Region], list[ModelIdentity], dict[str, str]]:

@@ -177,6 +177,11 @@ def test_every_result_records_models_profile_and_stage_timings(pipeline):
     record = result_record(result)
     assert record["calibration_profile"] == result.profile_id
     assert record["scan"]["scanner_id"] == "baggage-dual-kvp"
+    # Evidence: the threshold an alarm is read against, as it was for this scan.
+    card = json.loads((SAMPLES.parent / "models" / "contraband-fcos" / next(
+        m.version for m in result.models if m.name == "contraband-fcos") / "card.json").read_text())
+    assert record["alarm_thresholds"]["contraband-fcos"] == {"*": card["operating_points"]["default"]["threshold"]}
+    assert set(record["alarm_thresholds"]) <= {m.name for m in result.models}
 
 
 @pytest.mark.parametrize("name", ["bag-clear.json", "bag-dicos-ct.dcm", "container.json", "parcel-dicos-dx.dcm",

@@ -62,6 +62,7 @@ def result_record(result: ScanResult) -> dict[str, Any]:
         "models": [{"name": m.name, "version": m.version, "sha256": m.sha256} for m in result.models],
         "skipped_models": dict(result.skipped),
         "operating_point": result.operating_point,
+        "alarm_thresholds": {name: dict(by_class) for name, by_class in result.alarm_thresholds.items()},
         "decision": result.decision,
         "alerts": [alert.to_dict() for alert in result.alerts],
         "timings_ms": {k: round(v, 2) for k, v in result.timings_ms.items()},
