@@ -7,6 +7,7 @@ batch re-analysis use; this module only parses arguments and prints.
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import math
 import os
@@ -387,8 +388,6 @@ def _check_data_folder(args: argparse.Namespace) -> None:
 
 def cmd_users(args: argparse.Namespace) -> int:
     """Add a user (or reset one's password and role); the password comes from stdin or a prompt."""
-    import getpass
-
     from nii.serve import audit
     from nii.serve.auth import add_user
 
@@ -454,17 +453,22 @@ def cmd_evidence_export(args: argparse.Namespace) -> int:
     from nii.pipeline import load_pipeline_config
 
     _check_data_folder(args)  # before a mistyped --data gets a new site key
+    if Path(args.out).exists():  # a package already handed out is not silently replaced
+        raise ValueError(f"--out {args.out} exists; give the new package another name")
     key = load_private_key(args.key) if args.key else site_key(args.data)
     config = load_pipeline_config(args.pipeline)
     store = _open_store(args, existing=True)
+    # The audit log names who handed evidence out: here, the account that ran the command.
     exported = export_case(store, args.case, args.out, key=key, models_root=config.models_root,
-                           calibration_root=config.calibration_root)
+                           calibration_root=config.calibration_root, exported_by=f"{getpass.getuser()}@cli"[:64])
     print(f"wrote {exported.path}: {exported.files} files, manifest sha256 {exported.manifest_sha256}, "
           f"signed by {exported.fingerprint}")
-    if not exported.audit_chain["intact"]:
-        print(f"WARNING: {_broken_chain(exported.audit_chain)}; the package records it", file=sys.stderr)
-        return 1
-    return 0
+    warnings = [f"WARNING: {_broken_chain(exported.audit_chain)}; the package records it"] \
+        if not exported.audit_chain["intact"] else []
+    warnings += [f"WARNING: {what} is not enclosed ({why})" for what, why in exported.not_enclosed]
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return 1 if warnings else 0
 
 
 def _broken_chain(chain: Mapping[str, Any]) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import json
 import shutil
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from nii.cli import main
+from nii.serve import audit
 from nii.evidence import EvidenceError, export_case, fingerprint, site_key, verify_package
 from nii.calibrate.profile import CALIBRATION_ROOT, load_profile
 from nii.evidence.keys import SITE_KEY_NAME
@@ -233,3 +235,21 @@ def test_a_broken_audit_log_is_said_at_export_and_at_verify(case, tmp_path, caps
     assert main(["evidence", "verify", str(out), "--data", str(data)]) == 0  # the package is what it says
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("OK: ") and lines[1].startswith("WARNING: the package is intact, but the site's")
+
+
+def test_export_warns_of_what_it_cannot_enclose_names_who_ran_it_and_keeps_an_earlier_package(case, tmp_path,
+                                                                                                  capsys):
+    pipeline = tmp_path / "pipeline.toml"  # a config whose calibration folder lacks the profile the result names
+    (tmp_path / "calibration").mkdir()
+    pipeline.write_text(f"calibration_root = '{tmp_path / 'calibration'}'\n[models.rule-ct-density]\n")
+    out = tmp_path / "case.zip"
+    code = main(["evidence", "export", str(case["case_id"]), "--out", str(out), "--data", str(case["data"]),
+                 "--pipeline", str(pipeline)])
+    assert code == 1 and out.exists()
+    assert "WARNING: ct-baggage/v1/" in capsys.readouterr().err
+    with case["store"].read() as conn:
+        last = audit.entries(conn, target=f"case:{case['case_id']}")[-1]
+    assert (last.action, last.username) == ("evidence_export", f"{getpass.getuser()}@cli")
+    before = out.read_bytes()
+    assert main(["evidence", "export", str(case["case_id"]), "--out", str(out), "--data", str(case["data"])]) == 2
+    assert "exists; give the new package another name" in capsys.readouterr().err and out.read_bytes() == before

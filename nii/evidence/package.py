@@ -76,6 +76,9 @@ class Exported:
     #: The site's audit log as checked at export: ``intact``, ``broken_at``,
     #: ``reason``, ``through_seq`` (also in the signed manifest).
     audit_chain: Mapping[str, Any]
+    #: (model or profile, why) for each one a result names that could not
+    #: be enclosed (provenance.json says the same).
+    not_enclosed: tuple[tuple[str, str], ...] = ()
 
 
 class _Writer:
@@ -364,6 +367,7 @@ def export_case(store: Store, case_id: int, out: str | os.PathLike, *, key: Ed25
                 writer = _Writer(archive, stamp)
                 summary = _write_members(writer, store, conn, case_id, key, key_fingerprint, created_at,
                                          _roots(models_root, calibration_root))
+                not_enclosed = summary.pop("not_enclosed")  # provenance.json already lists them
                 manifest = {
                     "format": FORMAT, "case_id": case_id, "created_at": created_at,
                     "nii_version": nii.__version__,
@@ -386,7 +390,7 @@ def export_case(store: Store, case_id: int, out: str | os.PathLike, *, key: Ed25
         audit.append(store, conn, username=exported_by, action="evidence_export", target=audit_target(case_id),
                      detail={"manifest_sha256": manifest_sha256, "signer": key_fingerprint,
                              "files": len(writer.listed), "file": out.name})
-    return Exported(out, len(writer.listed), key_fingerprint, manifest_sha256, summary["audit_chain"])
+    return Exported(out, len(writer.listed), key_fingerprint, manifest_sha256, summary["audit_chain"], not_enclosed)
 
 
 def _write_members(writer: _Writer, store: Store, conn: sa.engine.Connection, case_id: int,
@@ -443,4 +447,7 @@ def _write_members(writer: _Writer, store: Store, conn: sa.engine.Connection, ca
                                      created_at))
     # In the signed manifest too, so that verifying the package says it.
     chain = {k: excerpt["chain"][k] for k in ("intact", "broken_at", "reason", "through_seq")}
-    return {"scans": {str(n): s for s, n in numbers.items()}, "audit_chain": chain}
+    missing = tuple((entry.get("profile_id") or f"model {entry.get('name')} {entry.get('version')}",
+                     entry.get("note", "not enclosed"))
+                    for entry in [*provenance["models"], *provenance["calibration"]] if not entry.get("enclosed"))
+    return {"scans": {str(n): s for s, n in numbers.items()}, "audit_chain": chain, "not_enclosed": missing}
