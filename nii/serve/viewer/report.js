@@ -292,12 +292,19 @@ async function show() {
   $("#report-body").setAttribute("aria-busy", "true");
   try {
     const report = await getJson(`/api/report?${query(params)}`);
-    if (token === asked) render(report);
+    if (token === asked) {
+      $("#banner").hidden = true;  // an earlier refusal no longer stands over these figures
+      render(report);
+    }
   } catch (err) {
     if (token !== asked) return;
     if (err.status === 401) refuse("You are not logged in.", true);
     else if (err.status === 403) refuse(`Reports are for supervisors and administrators: ${err.message}.`);
-    else showError(`The report could not be made: ${err.message}`);
+    else {
+      // The last period's figures and CSV links must not stand under the new dates.
+      $("#report-body").hidden = true;
+      showError(`The report could not be made: ${err.message}`);
+    }
   } finally {
     if (token === asked) $("#report-body").setAttribute("aria-busy", "false");
   }
@@ -316,6 +323,12 @@ async function start() {
   const tomorrow = new Date(today.getFullYear(), today.getMonth(), today.getDate() + 1);
   $("#report-from").value = given.get("from") ?? isoDate(weekAgo);
   $("#report-to").value = given.get("to") ?? isoDate(tomorrow);
+  if (!$("#report-from").value || !$("#report-to").value) {
+    // A date field takes no "2026-13-45": say so, rather than show nothing.
+    $("#report-from").value = isoDate(weekAgo);
+    $("#report-to").value = isoDate(tomorrow);
+    showError("The address's dates are not dates; showing the last seven days.");
+  }
   if (["day", "shift", "lane", "scanner"].includes(given.get("by"))) $("#report-by").value = given.get("by");
   try {
     const me = await getJson("/api/me");
