@@ -600,3 +600,52 @@ def test_decisions_offered_follow_the_role_and_a_logout_leaves_nothing_behind(lo
     newest = page.locator(".scan-row").first.get_attribute("data-scan")
     expect(page.locator(".scan-row").first).to_have_attribute("aria-current", "true")
     wait_view(page, newest + "?")
+
+
+def test_a_change_to_a_scan_on_an_unloaded_page_neither_counts_nor_makes_paging_skip(login, server, browser):
+    from nii.serve.auth import User
+    from nii.serve.decisions import record_decision
+
+    # One scan a page, so the older scans are on pages not loaded yet.
+    page = login()
+    page.route("**/api/scans?*", lambda route: route.continue_(url=route.request.url.replace("limit=100", "limit=1")))
+    page.reload()
+    expect(page.locator("#live")).to_have_attribute("data-state", "live", timeout=10000)
+    listed = page.request.get(server.base_url + "/api/scans").json()
+    total, oldest = listed["total"], listed["scans"][-1]["scan_id"]
+    assert total >= 2
+    expect(page.locator("#queue-count")).to_have_text(f"1 of {total}")
+    decided = bool(server.decisions(oldest))
+    with server.store.transaction() as conn:  # another officer decides the oldest scan
+        if not decided:
+            record_decision(server.store, conn, User(SUPERVISOR[0], "supervisor"), oldest, "search")
+        else:
+            record_decision(server.store, conn, User(SUPERVISOR[0], "supervisor"), oldest,
+                            "threat", category="OTHER", note="seen again on the search")
+    server.service.notify_change()
+    page.wait_for_timeout(2500)  # the live event comes and must change nothing here
+    expect(page.locator("#queue-count")).to_have_text(f"1 of {total}")
+    for shown in range(2, total + 1):  # "Show older scans" then brings every scan, one page at a time
+        page.click("#queue-more")
+        expect(page.locator("#queue-count")).to_have_text(f"{shown} of {total}")
+    rows = page.locator(".scan-row")
+    assert sorted(rows.nth(i).get_attribute("data-scan") for i in range(total)) == sorted(
+        s["scan_id"] for s in page.request.get(server.base_url + "/api/scans").json()["scans"])
+
+
+def test_a_scan_that_cannot_be_opened_leaves_no_decision_on_the_one_before(login, server):
+    from urllib.parse import quote
+
+    page = login()
+    first = page.locator(".scan-row").first.get_attribute("data-scan")
+    second = page.locator(".scan-row").nth(1).get_attribute("data-scan")
+    wait_view(page, first + "?")
+    expect(page.locator("#decide-search")).to_be_enabled()
+    page.route(f"**/api/scans/{quote(second, safe='')}", lambda route: route.fulfill(status=503, body='{"detail": "down"}',
+                                                                        content_type="application/json"))
+    page.keyboard.press("j")  # the queue moves on; the scan does not open
+    expect(page.locator("#banner-text")).to_contain_text("could not be opened")
+    for outcome in ("clear", "search", "threat"):
+        expect(page.locator(f"#decide-{outcome}")).to_be_disabled()
+    page.keyboard.press("s")
+    expect(page.locator("#decision-message")).not_to_contain_text("Recorded")

@@ -38,7 +38,13 @@ async function open(scanId) {
     const detail = await api.scan(scanId);
     if (token === state.openToken) render(detail);
   } catch (err) {
-    if (token === state.openToken && err.status !== 401) showError(`The scan could not be opened: ${err.message}`);
+    if (token !== state.openToken || err.status === 401) return;
+    // The queue has moved to this scan: the panels must not go on offering
+    // decisions on the one still drawn, which is no longer the selected one.
+    viewer.clear();
+    decisions.show(null, []);
+    casePanel.show(null);
+    showError(`The scan could not be opened: ${err.message}`);
   }
 }
 

@@ -97,6 +97,10 @@ export class Queue {
       this.total -= 1;
     } else if (at >= 0) {
       this.scans[at] = scan;
+    } else if (wanted && this.olderThanListed(scan)) {
+      // A change to a scan on a page not loaded yet: it is already counted,
+      // and listing it here would make "Show older scans" skip one.
+      return;
     } else if (wanted) {
       this.scans.push(scan);
       this.total += 1;
@@ -104,6 +108,12 @@ export class Queue {
       return;
     }
     if (!quiet) this.render(at < 0 ? scan.scan_id : null);
+  }
+
+  /** Whether `scan` sits below the last loaded row while older pages are still unloaded. */
+  olderThanListed(scan) {
+    const oldest = this.scans.reduce((a, b) => (newestFirst(a, b) > 0 ? a : b), this.scans[0]);
+    return this.scans.length < this.total && oldest !== undefined && newestFirst(scan, oldest) > 0;
   }
 
   matches(scan) {
