@@ -45,7 +45,7 @@ def test_fusion_merges_one_object_seen_by_two_models_and_keeps_both():
 def test_fusion_is_class_aware_but_anomaly_supports_a_specific_alert():
     knife = Region("knife", 0.8, (10, 10, 50, 50), DETECTOR)
     gun = Region("firearm", 0.7, (12, 12, 50, 50), DETECTOR)
-    unusual = Region("anomaly", 0.99, (15, 15, 45, 45), ANOMALY)
+    unusual = Region("anomaly", 0.99, (15, 15, 45, 45), ANOMALY, explanation="anomaly score 0.99 over 30 x 30 px")
     alerts = fuse_regions([knife, gun, unusual])
     assert [a.class_name for a in alerts] == ["knife", "firearm"]  # two classes on one spot stay two
     assert unusual in alerts[0].sources and alerts[0].score == 0.8  # support does not raise the knife's score
@@ -53,6 +53,7 @@ def test_fusion_is_class_aware_but_anomaly_supports_a_specific_alert():
     # Evidence: the alert names the model that found a knife, not the
     # higher-scoring anomaly model that supports it.
     assert alerts[0].to_dict()["model"]["name"] == "contraband-fcos"
+    assert alerts[0].explanation == "supported by anomaly: anomaly score 0.99 over 30 x 30 px"  # not the knife's reason
     # A small anomaly in a loose, large box is not the same object.
     loose = Region("firearm", 0.35, (0, 0, 1000, 400), DETECTOR)
     small = Region("anomaly", 0.99, (100, 100, 130, 130), ANOMALY)

@@ -100,7 +100,14 @@ class Alert:
 
     @property
     def explanation(self) -> str:
-        return "; ".join(dict.fromkeys(s.explanation for s in self.sources if s.explanation))
+        """Why, in plain words: the lead source's own, then each supporting
+        model's, named, so an operator does not read a supporting model's
+        words as the reason for the alert's class."""
+        lead = self.lead
+        said = [lead.explanation] if lead.explanation else []
+        said += [f"supported by {s.model.name}: {s.explanation}" for s in self.sources
+                 if s is not lead and s.explanation]
+        return "; ".join(dict.fromkeys(said))
 
     @property
     def measurements(self) -> dict[str, float]:
