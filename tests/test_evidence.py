@@ -253,3 +253,15 @@ def test_export_warns_of_what_it_cannot_enclose_names_who_ran_it_and_keeps_an_ea
     before = out.read_bytes()
     assert main(["evidence", "export", str(case["case_id"]), "--out", str(out), "--data", str(case["data"])]) == 2
     assert "exists; give the new package another name" in capsys.readouterr().err and out.read_bytes() == before
+
+
+def test_an_attachment_is_named_in_the_package_by_what_its_bytes_are(case, tmp_path):
+    png = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
+    with case["store"].transaction() as conn:
+        add_attachment(case["store"], conn, OP, case["case_id"], "photo.pdf", png)  # a PNG, named .pdf
+    export_case(case["store"], case["case_id"], tmp_path / "case.zip", key=site_key(case["data"]))
+    with zipfile.ZipFile(tmp_path / "case.zip") as archive:
+        attached = [n for n in archive.namelist() if n.startswith("attachments/")]
+        assert "attachments/1-search_photo.jpg" in attached  # a JPEG named .jpg keeps its name
+        named = [n for n in attached if "photo.pdf" in n]
+        assert named and named[0].endswith("photo.pdf.png") and archive.read(named[0]) == png

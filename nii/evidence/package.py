@@ -121,6 +121,10 @@ class _Writer:
         self.listed.append({"path": path, "sha256": sha256, "size": size})
 
 
+# Attachment media types (nii.serve.cases.ATTACHMENT_TYPES) to file suffixes.
+_SUFFIXES = {"image/jpeg": (".jpg", ".jpeg"), "image/png": (".png",), "application/pdf": (".pdf",)}
+
+
 def _member_name(name: str, index: int) -> str:
     # Names from the database were made safe at intake; make sure again,
     # since a path in the zip is what a reader's unzip will write.
@@ -442,6 +446,11 @@ def _write_members(writer: _Writer, store: Store, conn: sa.engine.Connection, ca
     writer.add_json("provenance.json", provenance)
     for index, attachment in enumerate(case["attachments"]):
         name = f"{int(attachment['id'])}-{_member_name(attachment['name'], index)}"
+        # The suffix says what the bytes are (the type was read from them at
+        # upload), whatever the sender called the file: photo.pdf is a PNG.
+        suffixes = _SUFFIXES.get(attachment.get("media_type"), ())
+        if suffixes and not name.lower().endswith(suffixes):
+            name += suffixes[0]
         writer.add_blob(f"attachments/{name}", store, attachment["sha256"])
     writer.add("report.pdf", _report(case, scans_info, provenance, excerpt, list(writer.listed), key_fingerprint,
                                      created_at))
