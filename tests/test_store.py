@@ -72,6 +72,13 @@ def test_a_scan_is_accepted_once_and_its_bytes_kept_exactly(store, tmp_path):
     assert source.path.name == "bag-clear.json"
 
 
+def test_one_file_under_any_name_is_read_at_intake_and_again_from_the_store(store, tmp_path):
+    dicos = sample_uploads("parcel-dicos-dx")[0]
+    accepted = accept_scan(store, [Upload("parcel.txt", dicos.data)], source="http", username="op")
+    source = materialise(store, accepted.scan_id, tmp_path / "out")  # what a worker does to analyse it
+    assert source.path.name == "parcel.txt"
+
+
 def test_a_different_image_under_a_held_scan_id_is_refused_not_called_a_duplicate(store):
     sidecar, raw = sample_uploads("bag-clear")
     first = accept_scan(store, [sidecar, raw], source="http", username="op")

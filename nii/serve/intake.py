@@ -190,13 +190,21 @@ def _lane(metadata) -> str | None:
     return str(lane)[:64] if lane not in (None, "") else None
 
 
-def _read_one_scan(folder: Path, names: list[str], read_limits: ReadLimits):
+def _sources_in(folder: Path, names: Sequence[str]) -> list[ScanSource]:
+    """The scans among one submission's files in ``folder``.
+
+    One file on its own is read whatever its name (a DICOS named .txt), as
+    a file named on the command line is; the walk leaves out notes and other
+    JSON only beside scans.
+    """
     sources = list(find_scans([folder]))
     if not sources and len(names) == 1:
-        # One file sent on its own is read whatever its name (a DICOS
-        # named .txt), as a file named on the command line is; the walk
-        # leaves out notes and other JSON only beside scans.
         sources = [ScanSource(folder / names[0])]
+    return sources
+
+
+def _read_one_scan(folder: Path, names: list[str], read_limits: ReadLimits):
+    sources = _sources_in(folder, names)
     if len(sources) > 1:
         # A raw pair whose data file came under another name is two "scans":
         # say what is missing instead.
@@ -258,12 +266,7 @@ def materialise(store: Store, scan_id: str, folder: Path) -> ScanSource:
             target.hardlink_to(blob)
         except OSError:
             shutil.copyfile(blob, target)
-    sources = list(find_scans([folder]))
-    if not sources and len(names) == 1:
-        # One file sent on its own is read whatever its name (a DICOS
-        # named .txt), as a file named on the command line is; the walk
-        # leaves out notes and other JSON only beside scans.
-        sources = [ScanSource(folder / names[0])]
+    sources = _sources_in(folder, [row.name for row in files])
     if len(sources) != 1:
         raise LookupError(f"scan {scan_id}: its stored files hold {len(sources)} scans")
     return sources[0]
