@@ -14,7 +14,6 @@ duplicate.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 import re
 import shutil
@@ -137,12 +136,12 @@ def accept_scan(store: Store, uploads: Sequence[Upload], *, source: str, usernam
         for name, upload in zip(names, uploads):
             (Path(folder) / name).write_bytes(upload.data)
         scan = _read_one_scan(Path(folder), names, limits.read)
-    _refuse_a_different_scan_under_a_held_id(store, scan, uploads, limits.read, scratch)
     digests = [store.blobs.put(u.data) for u in uploads]
     try:
         with store.transaction() as conn:
             existing = conn.execute(sa.select(scans.c.status).where(scans.c.scan_id == scan.scan_id)).scalar()
             if existing is not None:
+                _refuse_a_different_scan_under_a_held_id(store, conn, scan, digests, limits.read, scratch)
                 audit.append(store, conn, username=username, action="submit_again", target=scan.scan_id,
                              detail={"source": source})
                 return Accepted(scan.scan_id, existing, duplicate=True)
@@ -157,13 +156,16 @@ def accept_scan(store: Store, uploads: Sequence[Upload], *, source: str, usernam
             audit.append(store, conn, username=username, action="submit", target=scan.scan_id,
                          detail={"source": source, "files": dict(zip(names, digests))})
     except sa.exc.IntegrityError:
-        # PostgreSQL: the same scan committed by a concurrent submission.
+        # PostgreSQL: the same scan id committed by a concurrent submission
+        # meanwhile: a duplicate only if it holds the same image.
+        with store.read() as conn:
+            _refuse_a_different_scan_under_a_held_id(store, conn, scan, digests, limits.read, scratch)
         return Accepted(scan.scan_id, "queued", duplicate=True)
     return Accepted(scan.scan_id, "queued", duplicate=False)
 
 
-def _refuse_a_different_scan_under_a_held_id(store: Store, scan, uploads: Sequence[Upload], read_limits: ReadLimits,
-                                             scratch: Path | None) -> None:
+def _refuse_a_different_scan_under_a_held_id(store: Store, conn: sa.Connection, scan, digests: Sequence[str],
+                                             read_limits: ReadLimits, scratch: Path | None) -> None:
     """Raise :class:`IntakeError` when ``scan.scan_id`` is held for other pixels.
 
     A scan id (a DICOS SOP Instance UID, a sidecar's ``scan_id``) names one
@@ -172,9 +174,8 @@ def _refuse_a_different_scan_under_a_held_id(store: Store, scan, uploads: Sequen
     other files (a DICOS re-sent through the SCP, which re-writes its file
     header) are read back and their pixels compared.
     """
-    with store.read() as conn:
-        held = sorted(row.sha256 for row in store.files_of(conn, scan.scan_id))
-    if not held or held == sorted(hashlib.sha256(u.data).hexdigest() for u in uploads):
+    held = sorted(row.sha256 for row in store.files_of(conn, scan.scan_id))
+    if not held or held == sorted(digests):
         return
     with tempfile.TemporaryDirectory(dir=scratch, prefix="held-") as folder:
         held_scan = read_source(materialise(store, scan.scan_id, Path(folder)), limits=read_limits)
