@@ -84,6 +84,8 @@ def test_a_published_version_is_never_replaced(tmp_path):
     artifact = open_artifact("toy", root=tmp_path)  # what alerts named is still there, intact
     assert artifact.identity == identity and artifact.read("weights.pt") == b"weights"
     assert not [p for p in (tmp_path / "toy").iterdir() if p.name.startswith(".")]  # no staging left
+    (tmp_path / "registry.json").write_text("{}")  # a publish cut off after its folder was renamed in
+    assert _publish(tmp_path) == identity and list_models(tmp_path) == {"toy": {"1.0.0": identity.sha256}}
 
 
 def test_training_into_a_published_version_is_refused_before_training(tiny_registry, tmp_path):

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from nii.detect.regions import ModelIdentity
-from nii.files import replace_file
+from nii.files import fsync_dir, replace_file
 
 __all__ = [
     "MODELS_ROOT",
@@ -208,23 +208,31 @@ def publish_artifact(
     if card_markdown is not None:
         contents["card.md"] = card_markdown.encode()
     sums = "".join(f"{_sha256(data)}  {file_name}\n" for file_name, data in sorted(contents.items())).encode()
-    if folder.exists():
-        if (folder / SUMS).is_file() and (folder / SUMS).read_bytes() == sums:
-            return ModelIdentity(name, version, _sha256(sums))  # the same artifact again
+    same_again = folder.exists() and (folder / SUMS).is_file() and (folder / SUMS).read_bytes() == sums
+    if folder.exists() and not same_again:
         check_unpublished(name, version, root)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{version}-"))
-    try:
-        for file_name, data in {**contents, SUMS: sums}.items():
-            replace_file(staging / file_name, data, mode=0o644)
-        staging.chmod(0o755)
-        staging.rename(folder)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+    if not same_again:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{version}-"))
+        try:
+            for file_name, data in {**contents, SUMS: sums}.items():
+                (staging / file_name).write_bytes(data)
+                (staging / file_name).chmod(0o644)
+                with open(staging / file_name, "rb") as written:
+                    os.fsync(written.fileno())
+            fsync_dir(staging)
+            staging.chmod(0o755)
+            staging.rename(folder)
+            fsync_dir(folder.parent)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    # Registered here even for the same artifact again: a publish cut off
+    # between the rename and this line is completed by running it again.
     index = _index(root)
-    index.setdefault(name, {})[version] = _sha256(sums)
-    replace_file(root / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
+    if index.get(name, {}).get(version) != _sha256(sums):
+        index.setdefault(name, {})[version] = _sha256(sums)
+        replace_file(root / INDEX, (json.dumps(index, indent=2, sort_keys=True) + "\n").encode(), mode=0o644)
     return ModelIdentity(name, version, _sha256(sums))
 
 
