@@ -690,7 +690,7 @@ def build_parser() -> argparse.ArgumentParser:
     batch_diff = batch_steps.add_parser("diff", help="per scan, the alerts new, removed or changed from run A to B")
     batch_diff.add_argument("results_a", metavar="RESULTS_A", help="the earlier run (e.g. model v1)")
     batch_diff.add_argument("results_b", metavar="RESULTS_B", help="the later run (e.g. model v2)")
-    batch_diff.add_argument("--min-iou", type=float, default=0.5,
+    batch_diff.add_argument("--min-iou", type=_rate, default=0.5,
                             help="box IoU from which alerts of one class are the same object (default %(default)s)")
     batch_diff.add_argument("--score-tolerance", type=_rate, default=1e-3,
                             help="score differences up to this are not a change (default %(default)s)")

@@ -48,7 +48,7 @@ import nii
 from nii.evidence.keys import fingerprint, public_pem
 from nii.evidence.report import Block, render_report
 from nii.serve import audit
-from nii.serve.cases import audit_target, get_case
+from nii.serve.cases import ATTACHMENT_SUFFIXES, audit_target, get_case
 from nii.serve.decisions import decisions_of
 from nii.serve.intake import safe_name
 from nii.serve.store import Store, audit as audit_table, results, scans, utc_now
@@ -119,10 +119,6 @@ class _Writer:
             raise EvidenceError(f"blob {sha256} (for {path}) no longer matches its hash: the data folder is "
                                 "corrupt or was changed; refusing to package it")
         self.listed.append({"path": path, "sha256": sha256, "size": size})
-
-
-# Attachment media types (nii.serve.cases.ATTACHMENT_TYPES) to file suffixes.
-_SUFFIXES = {"image/jpeg": (".jpg", ".jpeg"), "image/png": (".png",), "application/pdf": (".pdf",)}
 
 
 def _member_name(name: str, index: int) -> str:
@@ -448,7 +444,7 @@ def _write_members(writer: _Writer, store: Store, conn: sa.engine.Connection, ca
         name = f"{int(attachment['id'])}-{_member_name(attachment['name'], index)}"
         # The suffix says what the bytes are (the type was read from them at
         # upload), whatever the sender called the file: photo.pdf is a PNG.
-        suffixes = _SUFFIXES.get(attachment.get("media_type"), ())
+        suffixes = ATTACHMENT_SUFFIXES.get(attachment.get("media_type"), ())
         if suffixes and not name.lower().endswith(suffixes):
             name += suffixes[0]
         writer.add_blob(f"attachments/{name}", store, attachment["sha256"])

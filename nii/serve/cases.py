@@ -29,7 +29,7 @@ from nii.serve.decisions import THREAT_CATEGORIES
 from nii.serve.intake import safe_name
 from nii.serve.store import Store, case_attachments, case_notes, case_scans, cases, results, scans, utc_now
 
-__all__ = ["ATTACHMENT_TYPES", "Case", "CaseError", "CaseStatus", "add_attachment", "add_note", "add_scans",
+__all__ = ["ATTACHMENT_SUFFIXES", "ATTACHMENT_TYPES", "Case", "CaseError", "CaseStatus", "add_attachment", "add_note", "add_scans",
            "audit_target", "get_case", "list_cases", "open_case", "update_case"]
 
 #: What may be attached, by the bytes a file starts with (never by its name).
@@ -38,6 +38,8 @@ ATTACHMENT_TYPES = {
     b"\x89PNG\r\n\x1a\n": "image/png",
     b"%PDF-": "application/pdf",
 }
+#: File name suffixes of each attachment type (the first is the one given).
+ATTACHMENT_SUFFIXES = {"image/jpeg": (".jpg", ".jpeg"), "image/png": (".png",), "application/pdf": (".pdf",)}
 MAX_ATTACHMENT_BYTES = 50 << 20
 _TEXT_LIMITS = {"description": 4000, "quantity": 64, "bag_tag": 64, "container_number": 64,
                 "declaration_number": 64, "note": 4000}

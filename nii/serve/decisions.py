@@ -111,7 +111,8 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
         raise DecisionError("a category goes with a confirmed threat only", 422)
     if note is not None and len(note) > _MAX_NOTE:
         raise DecisionError(f"the note has {len(note)} characters; the limit is {_MAX_NOTE}", 422)
-    if conn.execute(sa.select(scans.c.scan_id).where(scans.c.scan_id == scan_id)).first() is None:
+    status_now = conn.execute(sa.select(scans.c.status).where(scans.c.scan_id == scan_id)).scalar()
+    if status_now is None:
         raise DecisionError(f"no scan {scan_id[:80]}", 404)
     latest = conn.execute(sa.select(decisions.c.id, decisions.c.outcome, decisions.c.category)
                           .where(decisions.c.scan_id == scan_id).order_by(decisions.c.id.desc()).limit(1)).first()
@@ -120,7 +121,6 @@ def record_decision(store: Store, conn: Connection, user: User, scan_id: str, ou
         raise DecisionError("this scan already has a decision; only a supervisor can reverse it", 403)
     # A bag is not cleared before the machine has judged it: its alarm would
     # come after the officer's "clear", unseen. Escalating is always allowed.
-    status_now = conn.execute(sa.select(scans.c.status).where(scans.c.scan_id == scan_id)).scalar()
     if outcome is Outcome.CLEAR and status_now in ("queued", "running"):
         raise DecisionError("the scan is still being analysed; clear it once its result is shown", 409)
     # Stating the standing decision again reverses nothing; counted as a

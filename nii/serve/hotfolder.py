@@ -41,6 +41,9 @@ __all__ = ["DONE", "QUARANTINE", "HotFolder"]
 DONE = "done"
 QUARANTINE = "quarantine"
 log = logging.getLogger("nii.serve.hotfolder")
+# How long a quarantined file is watched for a writer that had only paused;
+# after that it stays where it is (so the watch list does not grow for ever).
+_PAUSED_WRITER_S = 300.0
 
 
 
@@ -69,7 +72,9 @@ class HotFolder:
         for sub in (DONE, QUARANTINE):
             (self.folder / sub).mkdir(parents=True, exist_ok=True)
         self._seen: dict[Path, tuple[int, int, float]] = {}  # path -> (size, mtime_ns, unchanged since)
-        self._quarantined: dict[Path, tuple[Path, int, int]] = {}  # there -> (from, size, mtime_ns)
+        # there -> (from, size, mtime_ns, when): watched for a paused writer's
+        # next bytes for _PAUSED_WRITER_S, then forgotten.
+        self._quarantined: dict[Path, tuple[Path, int, int, float]] = {}
         self._stop = threading.Event()
 
     def start(self) -> Callable[[], None]:
@@ -95,7 +100,7 @@ class HotFolder:
         """Submit every scan that has settled; return how many were handled."""
         now = time.monotonic()
         handled = 0
-        self._retry_what_changed_in_quarantine()
+        self._retry_what_changed_in_quarantine(now)
         claimed: set[Path] = set()
         for source in self._sources():
             files = source_files(source)
@@ -137,12 +142,15 @@ class HotFolder:
     def _waited(self, path: Path, now: float) -> bool:
         return now - self._seen[path][2] >= self.pair_timeout_s
 
-    def _retry_what_changed_in_quarantine(self) -> None:
+    def _retry_what_changed_in_quarantine(self, now: float) -> None:
         """Put back a quarantined file that changed since: its writer had only paused."""
-        for there, (came_from, size, mtime_ns) in list(self._quarantined.items()):
+        for there, (came_from, size, mtime_ns, when) in list(self._quarantined.items()):
             try:
                 stat = there.stat()
             except FileNotFoundError:
+                del self._quarantined[there]
+                continue
+            if now - when > _PAUSED_WRITER_S:
                 del self._quarantined[there]
                 continue
             if (stat.st_size, stat.st_mtime_ns) != (size, mtime_ns) and not came_from.exists():
@@ -187,7 +195,7 @@ class HotFolder:
                 target.with_name(target.name + ".reason.txt").write_text(reason + "\n")
                 if target.is_file():
                     stat = target.stat()
-                    self._quarantined[target] = (path, stat.st_size, stat.st_mtime_ns)
+                    self._quarantined[target] = (path, stat.st_size, stat.st_mtime_ns, time.monotonic())
             self._seen.pop(path, None)
 
 

@@ -30,6 +30,7 @@ from nii.calibrate.calibrated import CalibratedScan
 from nii.calibrate.correct import calibrate_with_scanner_profile, warm_scanner_profiles
 from nii.config import read_toml
 from nii.ingest import read_source
+from nii.detect.regions import check_score
 from nii.detect.registry import open_artifact
 from nii.pipeline import AnalysisError, Pipeline, PipelineConfig, check_alarm_thresholds, load_pipeline_config
 from nii.serve import audit
@@ -342,8 +343,7 @@ class Service:
             if model not in known:
                 raise ValueError(f"unknown model {model!r}; the pipeline runs {', '.join(sorted(known))}")
             for cls, value in by_class.items():
-                if not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
-                    raise ValueError(f"{model} threshold for {cls!r} must be a number in [0, 1], got {value!r}")
+                check_score(f"{model} threshold for {cls!r}", value)
             card = open_artifact(model, known[model].version, config.models_root).card
             try:
                 check_alarm_thresholds(by_class, card.get("classes", ()))
