@@ -176,7 +176,9 @@ class HotFolder:
         try:
             accepted = self.service.submit(uploads_of(source), source="hotfolder", username=None)
         except (IntakeError, ScanReadError, OSError) as err:
-            reason = str(err)
+            # An OSError names a path under the folder; the file's name is what the reader needs.
+            reason = f"{Path(err.filename).name}: {err.strerror}" if isinstance(err, OSError) and err.filename \
+                else str(err)
             log.warning("hot folder: %s refused: %s", source.path.name, reason)
             self._move(source, files, QUARANTINE, reason)
             return
