@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import shutil
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from nii.detect.datasets import (
     is_image_level,
@@ -497,6 +499,55 @@ def test_moving_average_of_the_weights_is_what_gets_published(tmp_path):
     plain, averaged = trained("", "plain"), trained("ema_decay = 0.5", "ema")
     assert averaged != plain
     assert trained("ema_decay = 0.5", "again") == averaged  # still reproducible
+
+
+def _parameters(root: Path, version: str) -> dict[str, torch.Tensor]:
+    state = torch.load(io.BytesIO(open_artifact("tiny", version, root=root).read("weights.pt")), weights_only=True)
+    return {k: v for k, v in state.items() if "running_" not in k and "num_batches" not in k}
+
+
+def test_fine_tuning_starts_from_the_published_weights_and_names_them(tiny_registry, tmp_path):
+    from nii.detect.train import train
+
+    root, cache = tiny_registry
+    shutil.copytree(root, tmp_path / "models")
+
+    def tuned(version: str, init: str) -> None:
+        config = tmp_path / f"{version}.toml"
+        # A learning rate so small that one step leaves the weights where they began.
+        config.write_text(TINY_CONFIG.replace('version = "0.0.1"', f'version = "{version}"')
+                          .replace("[train]", f"[train]\n{init}seed = 7\nlr = 1e-9"))
+        train(config, models_root=tmp_path / "models", max_steps=1, cache=cache, progress=False)
+
+    tuned("0.0.2", 'init = "tiny/0.0.1"\n')
+    tuned("0.0.3", "")
+    start, fine, fresh = (_parameters(tmp_path / "models", v) for v in ("0.0.1", "0.0.2", "0.0.3"))
+    assert max((fine[k] - start[k]).abs().max().item() for k in start) < 1e-6
+    assert max((fresh[k] - start[k]).abs().max().item() for k in start) > 1e-2  # another seed, random start
+    card = open_artifact("tiny", "0.0.2", root=tmp_path / "models").card
+    assert card["training"]["init"] == {"name": "tiny", "version": "0.0.1",
+                                        "sha256": open_artifact("tiny", "0.0.1", root=root).identity.sha256}
+    assert "init" not in open_artifact("tiny", "0.0.3", root=tmp_path / "models").card["training"]
+    assert "Fine-tuned from tiny 0.0.1" in (tmp_path / "models" / "tiny" / "0.0.2" / "card.md").read_text()
+
+
+@pytest.mark.parametrize(("init", "extra", "message"), [
+    ("tiny", "", "init must be NAME/VERSION of a published model"),
+    ("tiny/9.9.9", "", "init tiny/9.9.9: model 'tiny' has no version '9.9.9'"),
+    ("tiny/0.0.1", "widths = [8, 8, 16, 16, 32]", "init tiny/0.0.1: its network differs from this config's [model]"),
+])
+def test_fine_tuning_from_a_model_that_cannot_start_it_is_refused_before_training(tiny_registry, tmp_path, init,
+                                                                                  extra, message):
+    from nii.detect.train import train
+
+    root, _ = tiny_registry
+    config = tmp_path / "bad-init.toml"
+    text = TINY_CONFIG.replace('version = "0.0.1"', 'version = "0.0.9"').replace("[train]", f'[train]\ninit = "{init}"')
+    config.write_text(text.replace("widths = [8, 8, 16, 16, 16]", extra) if extra else text)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        # The cache folder does not exist: refused before any data is made.
+        train(config, models_root=root, max_steps=1, cache=tmp_path / "no-cache", progress=False)
+    assert not (tmp_path / "no-cache").exists()
 
 
 @pytest.mark.parametrize(("files", "layout"), [

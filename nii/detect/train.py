@@ -5,7 +5,9 @@ A config is a small TOML file (see ``configs/contraband-fcos.toml``):
 * ``[model]``: name, version and the network (:func:`~nii.detect.contraband.build_model`);
 * ``[train]``: epochs, batch size, learning rate, seed, threads, and for long
   runs ``ema_decay`` (publish a moving average of the weights) and
-  ``attenuation_jitter`` (see :func:`attenuation_jitter`);
+  ``attenuation_jitter`` (see :func:`attenuation_jitter`); ``init =
+  "NAME/VERSION"`` starts from a published model's verified weights
+  (fine-tuning) instead of random ones;
 * ``[[train.data]]``: what it learns from -- Pascal VOC/COCO/YOLO sets,
   folders of clear scans, simulated scans and TIP composites (made by the
   data engine on first use, cached under ``runs/cache/``);
@@ -42,7 +44,8 @@ from nii.detect.datasets import BoxSample, load_sample, read_box_dataset, read_c
 from nii.detect.evaluate import evaluate_sets
 from nii.detect.fcos import for_inference, training_device
 from nii.detect.regions import THREAT_CLASSES, ModelIdentity, dicos_category
-from nii.detect.registry import MODELS_ROOT, check_model_identity, check_unpublished, publish_artifact
+from nii.detect.registry import (MODELS_ROOT, ModelArtifactError, check_model_identity, check_unpublished,
+                                 open_artifact, publish_artifact)
 
 __all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "attenuation_jitter",
            "learning_rate", "train", "publish_trained", "card_markdown", "metrics_markdown"]
@@ -84,6 +87,7 @@ _TRAIN_SETTINGS: dict[str, tuple[type, float, bool]] = {
     "seed": (int, 0, True), "warmup_steps": (int, 0, True), "lr": (float, 0.0, False),
     "weight_decay": (float, 0.0, True), "ema_decay": (float, 0.0, True), "attenuation_jitter": (float, 0.0, True),
     "crop": (int, 16, True), "object_rate": (float, 0.0, True), "object_px": (list, 0, True), "data": (list, 0, True),
+    "init": (str, 0, True),
 }
 _MODEL_SETTINGS: dict[str, tuple[type, float, bool]] = {
     "name": (str, 0, True), "version": (str, 0, True), "kind": (str, 0, True), "architecture": (str, 0, True),
@@ -231,6 +235,38 @@ def attenuation_jitter(image: np.ndarray, spread: float, rng: random.Random) -> 
     return cv2.LUT(image, table)
 
 
+def initial_weights(init: str, model: torch.nn.Module, models_root: str | os.PathLike = MODELS_ROOT) -> dict[str, str]:
+    """Load a published model's weights into ``model`` (``init = "NAME/VERSION"``).
+
+    The artifact is verified like any other load, so a fine-tuned model's
+    card can name exactly what it started from.
+
+    Returns
+    -------
+    dict
+        ``name``, ``version`` and ``sha256`` of the starting artifact.
+
+    Raises
+    ------
+    ValueError
+        One line: ``init`` is not NAME/VERSION, the artifact is missing or
+        fails verification, or its network is not this config's.
+    """
+    name, _, version = str(init).partition("/")
+    if not name or not version:
+        raise ValueError(f"[train] init must be NAME/VERSION of a published model, like contraband-fcos/1.2.0; got {init!r}")
+    try:
+        artifact = open_artifact(name, version, models_root)
+        state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except ModelArtifactError as err:
+        raise ValueError(f"[train] init {init}: {err}") from None
+    except RuntimeError:  # load_state_dict: missing keys or other shapes
+        raise ValueError(f"[train] init {init}: its network differs from this config's [model] "
+                         "(widths, depths, channels or classes)") from None
+    return {"name": name, "version": version, "sha256": artifact.identity.sha256}
+
+
 def learning_rate(step: int, total: int, base: float, warmup: int) -> float:
     """Linear warm-up to ``base`` over ``warmup`` steps, then cosine decay to 0 at ``total``."""
     if step < warmup:
@@ -277,6 +313,9 @@ def train(
     rng = random.Random(seed)
     target = training_device(device)
     classes = list(model_cfg.get("classes", THREAT_CLASSES))
+    model = build_model(model_cfg, len(classes), training=True)
+    # Checked before the data are made, which can take minutes.
+    init = initial_weights(train_cfg["init"], model, models_root) if "init" in train_cfg else None
 
     samples, sources = training_samples(config, cache=cache, progress=progress)
     batch = int(train_cfg.get("batch_size", 8))
@@ -291,7 +330,7 @@ def train(
         labels = np.array([classes.index(c) + 1 for c in sample.classes], np.int64)
         cached.append((image, boxes, labels))
 
-    model = build_model(model_cfg, len(classes), training=True).to(target).train()
+    model = model.to(target).train()
     optimiser = torch.optim.AdamW(model.parameters(), lr=float(train_cfg.get("lr", 2e-3)),
                                   weight_decay=float(train_cfg.get("weight_decay", 0.05)))
     epochs = int(train_cfg.get("epochs", 1))
@@ -350,14 +389,15 @@ def train(
         config_path, model.state_dict(), kind="contraband-fcos",
         detects="potential threat objects in 2D X-ray projections (pseudo-colour or calibrated dual-energy)",
         classes=classes, sources=sources, steps=step, losses=losses, minutes=train_minutes, device=target,
-        metrics=metrics, operating_points=operating_points, models_root=models_root)
+        metrics=metrics, operating_points=operating_points, models_root=models_root, init=init)
 
 
 def publish_trained(config_path: str | os.PathLike, state: Mapping[str, torch.Tensor], *, kind: str, detects: str,
                     classes: Sequence[str], sources: Sequence[Mapping[str, Any]], steps: int,
                     losses: Sequence[float], minutes: float, device: torch.device,
                     metrics: Mapping[str, Any], operating_points: Mapping[str, Any],
-                    models_root: str | os.PathLike = MODELS_ROOT) -> ModelIdentity:
+                    models_root: str | os.PathLike = MODELS_ROOT,
+                    init: Mapping[str, str] | None = None) -> ModelIdentity:
     """Publish a trained network: weights, its config verbatim, and the model card.
 
     The card records what was learned from (each source's sha256), how long
@@ -380,6 +420,7 @@ def publish_trained(config_path: str | os.PathLike, state: Mapping[str, torch.Te
             "device": str(device),
             "threads": torch.get_num_threads(),
             "torch": torch.__version__,
+            **({"init": dict(init)} if init else {}),
         },
         "metrics": metrics,
         "operating_points": operating_points,
@@ -402,7 +443,10 @@ def card_markdown(card: Mapping[str, Any], name: str, version: str) -> str:
         lines.append(f"| {s['kind']} | {source} {s.get('split', '')} | {s['samples']} | {s['sha256'][:16]} |")
     t = card["training"]
     lines += ["", f"All data sha256: `{t['data_sha256']}`. {t['steps']} steps in {t['minutes']} min on {t['device']} "
-              f"({t['threads']} threads), torch {t['torch']}.", "", "## Metrics", ""]
+              f"({t['threads']} threads), torch {t['torch']}."]
+    if "init" in t:
+        lines.append(f"Fine-tuned from {t['init']['name']} {t['init']['version']} (sha256 `{t['init']['sha256'][:16]}`).")
+    lines += ["", "## Metrics", ""]
     lines += metrics_markdown(card["metrics"])
     lines += ["## Operating points", "", "```json", json.dumps(card["operating_points"], indent=2), "```", ""]
     return "\n".join(lines)
