@@ -407,8 +407,14 @@ def cmd_users(args: argparse.Namespace) -> int:
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
-    """Check the audit log's hash chain; 1 at the first broken link."""
-    from nii.serve.audit import AuditEntry, verify_chain
+    """Check the audit log's hash chain; 1 at the first broken link.
+
+    With ``--package``, also that the log still holds the entry each
+    evidence package recorded as its head: the chain alone cannot show a
+    log cut off at its end or rebuilt whole.
+    """
+    from nii.evidence import site_key, verify_package
+    from nii.serve.audit import AuditEntry, check_recorded_entry, verify_chain
     from nii.serve.store import audit as audit_table
 
     store = _open_store(args, existing=True)
@@ -419,7 +425,27 @@ def cmd_audit(args: argparse.Namespace) -> int:
         print(f"audit log BROKEN at entry {broken.seq}: {broken.reason} ({checked} entries before it are intact)")
         return 1
     print(f"audit log intact: {checked} entries")
-    return 0
+    disagreements = 0
+    trusted = site_key(args.data, create=False).public_key() if args.package else None
+    for package in args.package or ():
+        # Only a package this site signed, unchanged, is a record to hold the log to.
+        verified = verify_package(package, trusted_key=trusted)
+        chain = verified.audit_chain or {}
+        if not verified.ok:
+            problem = verified.problems[0] if verified.problems else "not signed by this site's key"
+            print(f"{package}: not compared, the package does not verify ({problem})")
+        elif not chain.get("through_hash"):
+            print(f"{package}: not compared, the package records no audit entry hash")
+            continue
+        else:
+            with store.read() as conn:
+                differs = check_recorded_entry(conn, int(chain["through_seq"]), chain["through_hash"])
+            if differs is None:
+                print(f"{package}: agrees (entry {chain['through_seq']} as exported)")
+                continue
+            print(f"{package}: DISAGREES: {differs}")
+        disagreements += 1
+    return 1 if disagreements else 0
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -744,6 +770,9 @@ def build_parser() -> argparse.ArgumentParser:
     audit_cmd = commands.add_parser("audit", help="check the service's audit log")
     audit_steps = audit_cmd.add_subparsers(dest="step", required=True, metavar="STEP")
     verify = audit_steps.add_parser("verify", help="check the hash chain; exit 1 at the first broken link")
+    verify.add_argument("--package", action="append", metavar="FILE",
+                        help="an evidence package this site exported: check the log still holds the entry it "
+                             "recorded (shows a log cut off at its end or rebuilt); may be repeated")
     _data_options(verify)
     verify.set_defaults(run=cmd_audit)
 

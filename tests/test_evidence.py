@@ -224,10 +224,7 @@ def test_cli_exit_codes(case, tmp_path, capsys):
 
 def test_a_broken_audit_log_is_said_at_export_and_at_verify(case, tmp_path, capsys):
     data = tmp_path / "data"
-    shutil.copytree(case["data"], data)
-    with sqlite3.connect(data / "nii.sqlite3") as db:  # someone edits the log behind the service's back
-        for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
-            db.execute(f'DROP TRIGGER "{trigger}"')  # the append-only guard first
+    with _unguarded_copy(case["data"], data) as db:  # someone edits the log behind the service's back
         db.execute("UPDATE audit SET detail = '{\"outcome\": \"clear\"}' WHERE action = 'decide'")
     out = tmp_path / "tampered.zip"
     assert main(["evidence", "export", str(case["case_id"]), "--out", str(out), "--data", str(data)]) == 1
@@ -235,6 +232,47 @@ def test_a_broken_audit_log_is_said_at_export_and_at_verify(case, tmp_path, caps
     assert main(["evidence", "verify", str(out), "--data", str(data)]) == 0  # the package is what it says
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("OK: ") and lines[1].startswith("WARNING: the package is intact, but the site's")
+
+
+def _unguarded_copy(data, folder):
+    """A copy of the data folder whose audit log can be edited (the append-only triggers dropped)."""
+    shutil.copytree(data, folder)
+    db = sqlite3.connect(folder / "nii.sqlite3")
+    for (trigger,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'audit'"):
+        db.execute(f'DROP TRIGGER "{trigger}"')
+    return db
+
+
+def test_audit_verify_holds_the_log_to_what_an_evidence_package_recorded(case, tmp_path, capsys):
+    recorded = verify_package(case["package"]).audit_chain
+    assert recorded["through_seq"] > 0 and len(recorded["through_hash"]) == 64
+    assert main(["audit", "verify", "--data", str(case["data"]), "--package", str(case["package"])]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"{case['package']}: agrees (entry {recorded['through_seq']} as exported)"
+
+    with _unguarded_copy(case["data"], tmp_path / "cut") as db:  # the log's end, case entries included, removed
+        db.execute("DELETE FROM audit WHERE seq >= ?", (recorded["through_seq"],))
+    assert main(["audit", "verify", "--data", str(tmp_path / "cut"), "--package", str(case["package"])]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("audit log intact")  # the chain alone cannot tell
+    assert out[1].endswith(f"DISAGREES: the log ends at entry {recorded['through_seq'] - 1}, but entry "
+                           f"{recorded['through_seq']} was recorded: entries were cut off its end")
+
+    with _unguarded_copy(case["data"], tmp_path / "rebuilt") as db:  # a decision changed, every hash made again
+        db.execute("UPDATE audit SET detail = '{\"outcome\": \"clear\"}' WHERE action = 'decide'")
+        prev = audit.GENESIS
+        for row in db.execute("SELECT seq, at, username, action, target, detail FROM audit ORDER BY seq").fetchall():
+            digest = audit._entry_hash(*row, prev)
+            db.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?", (prev, digest, row[0]))
+            prev = digest
+    assert main(["audit", "verify", "--data", str(tmp_path / "rebuilt"), "--package", str(case["package"])]) == 1
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("audit log intact") and "the log was rebuilt or changed since" in out[1]
+
+    other = tmp_path / "other.zip"  # a package signed by some other key is no record of this site's log
+    export_case(case["store"], case["case_id"], other, key=Ed25519PrivateKey.generate())
+    assert main(["audit", "verify", "--data", str(case["data"]), "--package", str(other)]) == 1
+    assert capsys.readouterr().out.splitlines()[-1] == (f"{other}: not compared, the package does not verify "
+                                                        "(not signed by this site's key)")
 
 
 def test_export_warns_of_what_it_cannot_enclose_names_who_ran_it_and_keeps_an_earlier_package(case, tmp_path,

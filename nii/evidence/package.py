@@ -143,7 +143,7 @@ def _audit_excerpt(conn: sa.engine.Connection, targets: list[str]) -> dict[str, 
             "broken_at": None if broken is None else broken.seq,
             "reason": None if broken is None else broken.reason,
             "about": "entries 1..through_seq of the site's log were checked at export; through_hash can be "
-                     "compared with the live log (nii audit verify) or a later export",
+                     "compared with the live log (nii audit verify --package) or a later export",
         },
         # detail_json is the exact text each entry's hash covers.
         "entries": [{**e.to_dict(), "detail_json": e.detail} for e in about],
@@ -451,7 +451,7 @@ def _write_members(writer: _Writer, store: Store, conn: sa.engine.Connection, ca
     writer.add("report.pdf", _report(case, scans_info, provenance, excerpt, list(writer.listed), key_fingerprint,
                                      created_at))
     # In the signed manifest too, so that verifying the package says it.
-    chain = {k: excerpt["chain"][k] for k in ("intact", "broken_at", "reason", "through_seq")}
+    chain = {k: excerpt["chain"][k] for k in ("intact", "broken_at", "reason", "through_seq", "through_hash")}
     missing = tuple((entry.get("profile_id") or f"model {entry.get('name')} {entry.get('version')}",
                      entry.get("note", "not enclosed"))
                     for entry in [*provenance["models"], *provenance["calibration"]] if not entry.get("enclosed"))

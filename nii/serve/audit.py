@@ -23,7 +23,7 @@ from sqlalchemy.engine import Connection
 
 from nii.serve.store import Store, audit, utc_now
 
-__all__ = ["GENESIS", "AuditEntry", "BrokenLink", "append", "entries", "verify_chain"]
+__all__ = ["GENESIS", "AuditEntry", "BrokenLink", "append", "entries", "verify_chain", "check_recorded_entry"]
 
 GENESIS = "0" * 64
 
@@ -103,3 +103,25 @@ def verify_chain(rows: Iterable[AuditEntry]) -> tuple[int, BrokenLink | None]:
             return checked, BrokenLink(row.seq, "its contents do not match its hash (the entry was changed)")
         expected_prev, expected_seq, checked = row.hash, row.seq + 1, checked + 1
     return checked, None
+
+
+def check_recorded_entry(conn: Connection, seq: int, digest: str) -> str | None:
+    """Whether the log still holds entry ``seq`` with the hash ``digest`` that
+    something outside it (an evidence package) recorded.
+
+    A log cut off at its end, or rebuilt whole with a fresh chain, verifies
+    on its own; only a record kept elsewhere of one of its entries shows it.
+
+    Returns
+    -------
+    str or None
+        None when the log agrees; otherwise one line saying how it differs.
+    """
+    stored = conn.execute(sa.select(audit.c.hash).where(audit.c.seq == seq)).scalar()
+    if stored is None:
+        last = conn.execute(sa.select(sa.func.max(audit.c.seq))).scalar() or 0
+        return f"the log ends at entry {last}, but entry {seq} was recorded: entries were cut off its end"
+    if stored != digest:
+        return (f"entry {seq} has hash {stored[:16]}, but {digest[:16]} was recorded: "
+                "the log was rebuilt or changed since")
+    return None
