@@ -303,3 +303,22 @@ def test_an_attachment_is_named_in_the_package_by_what_its_bytes_are(case, tmp_p
         assert "attachments/1-search_photo.jpg" in attached  # a JPEG named .jpg keeps its name
         named = [n for n in attached if "photo.pdf" in n]
         assert named and named[0].endswith("photo.pdf.png") and archive.read(named[0]) == png
+
+
+def test_the_report_draws_names_in_other_scripts_not_boxes():
+    from PIL import ImageFont
+
+    from nii.evidence.report import _font
+
+    try:
+        ImageFont.truetype("DejaVuSans.ttf", 20)
+    except OSError:
+        pytest.skip("DejaVu Sans is not installed (Debian: fonts-dejavu-core; .ci/run installs it)")
+    font = _font(20)
+
+    def glyph(text: str) -> bytes:
+        return bytes(font.getmask(text))
+
+    missing = glyph("\U0010fffd")  # a code point no font draws: the "box"
+    # An officer's or a passenger's name as written: Polish, Greek, Russian, Hebrew, Arabic.
+    assert [c for c in "éŁłΩжשع" if glyph(c) == missing] == []

@@ -1,7 +1,10 @@
 """The printable report of an evidence package: A4 pages drawn with Pillow, saved as PDF.
 
-Pillow is already a dependency and writes image-only PDF pages; text is drawn
-with its bundled font. The pages print and display anywhere, but their text
+Pillow is already a dependency and writes image-only PDF pages. Text is drawn
+in DejaVu Sans where the system has it (Debian's fonts-dejavu-core): names
+and notes in Cyrillic, Greek, Arabic or Latin with diacritics then print as
+written. Pillow's bundled font covers little beyond Western European letters
+and is the fallback. The pages print and display anywhere, but their text
 is not selectable: the machine-readable truth is the JSON beside the report,
 and the report says so.
 """
@@ -26,7 +29,16 @@ _SIZES = {"title": 34, "heading": 26, "text": 20, "small": 16}
 Block = tuple[str, Union[str, Image.Image]]
 
 
+#: Tried in order; Pillow looks a bare file name up in the system's font folders.
+FONTS = ("DejaVuSans.ttf",)
+
+
 def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    for name in FONTS:
+        try:
+            return ImageFont.truetype(name, size)
+        except OSError:  # not installed here
+            continue
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):  # Pillow without FreeType: the small bitmap font
