@@ -213,11 +213,9 @@ def cmd_batch_run(args: argparse.Namespace) -> int:
                             outputs=args.outputs, chunk_size=args.chunk_size, ray_address=args.ray_address,
                             progress=not (args.quiet or args.json))
     except KeyboardInterrupt:
-        from nii.batch.results import MANIFEST, read_manifest
+        from nii.batch.results import summarise_manifest
 
-        manifest = Path(args.out) / MANIFEST
-        kept = sum(len(r["scans"]) for r in read_manifest(args.out) if r.get("event") == "part") \
-            if manifest.is_file() else 0
+        kept = summarise_manifest(args.out).scans_done
         print(f"interrupted: {args.out} keeps {kept} scans; run the same command again to carry on", file=sys.stderr)
         return 130
     print(json.dumps(summary.to_dict()) if args.json else summary.text())

@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nii.batch.results import MANIFEST, read_manifest
+from nii.batch.results import summarise_manifest
 from nii.detect.metrics import box_iou
 
 __all__ = ["RunDiff", "ScanDiff", "diff_runs", "diff_text", "match_alerts"]
@@ -158,16 +158,10 @@ def _check_tables(folder: Path) -> None:
     for name in ("scans.parquet", "alerts.parquet"):
         if not (folder / name).exists():
             raise ValueError(f"{folder}: no {name}; is it the RESULTS of a finished nii batch run?")
-    if (folder / MANIFEST).exists():
-        # The tables are merged at the end of a run: after an interrupted
-        # one, they lack what its parts committed since.
-        last_part, merged_part = 0, 0
-        for record in read_manifest(folder):
-            if record.get("event") == "part":
-                last_part = int(record["part"])
-            elif record.get("event") == "merged":
-                merged_part = int(record["part"])
-        if last_part > merged_part:
+    # The tables are merged at the end of a run: after an interrupted one,
+    # they lack what its parts committed since.
+    state = summarise_manifest(folder)
+    if state.last_part > max(state.merged_part, 0):
             raise ValueError(f"{folder}: its tables miss what was committed after they were last merged (an "
                              "interrupted run); run the same nii batch run again to finish it, then compare")
 
@@ -214,10 +208,7 @@ def _shown(alert: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _pipeline(folder: Path) -> dict[str, Any] | None:
-    if not (folder / MANIFEST).exists():
-        return None
-    header = next(read_manifest(folder), {})
-    return header.get("pipeline")
+    return summarise_manifest(folder).header.get("pipeline")
 
 
 def diff_runs(results_a: str | os.PathLike, results_b: str | os.PathLike, *, min_iou: float = 0.5,

@@ -25,6 +25,7 @@ profile); a run whose pipeline differs is refused rather than mixed in.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import json
@@ -41,7 +42,7 @@ import pyarrow.parquet as pq
 # The blob store's durable rename needs the same folder fsync.
 from nii.files import fsync_dir
 
-__all__ = ["ALERTS_SCHEMA", "MANIFEST", "SCANS_SCHEMA", "TABLES", "DoneSet", "Manifest", "ResultsError", "read_manifest",
+__all__ = ["ALERTS_SCHEMA", "MANIFEST", "SCANS_SCHEMA", "TABLES", "DoneSet", "Manifest", "ResultsError", "read_manifest", "ManifestSummary", "summarise_manifest",
            "utc_now"]
 
 MANIFEST = "manifest.jsonl"
@@ -168,11 +169,15 @@ class Manifest:
     def __init__(self, folder: Path, lock: IO[bytes]) -> None:
         self.folder = folder
         self._lock = lock
-        self.header: dict[str, Any] = {}
+        self._state = ManifestSummary()
         self.done = DoneSet()
-        self.scans_done = 0
-        self.last_part = 0
-        self.merged_part = -1
+
+    # The replayed counts live in one ManifestSummary, shared with the
+    # read-only summarise_manifest; these read them as plain attributes.
+    header = property(lambda self: self._state.header)
+    scans_done = property(lambda self: self._state.scans_done)
+    last_part = property(lambda self: self._state.last_part)
+    merged_part = property(lambda self: self._state.merged_part)
 
     @classmethod
     def open(cls, folder: str | os.PathLike, pipeline: Mapping[str, Any]) -> Manifest:
@@ -235,7 +240,9 @@ class Manifest:
                                                "trusted, so neither can RESULTS") from None
                         break
                     try:
-                        self._replay(record, digests)
+                        self._state.add(record)
+                        if record.get("event") == "part":
+                            digests.append(np.array([_digest(entry[0]) for entry in record["scans"]], dtype="S16"))
                     except (AttributeError, KeyError, TypeError, ValueError):
                         raise ResultsError(f"{path}: line {number} is not a manifest record; the manifest "
                                            "cannot be trusted, so neither can RESULTS") from None
@@ -246,7 +253,7 @@ class Manifest:
                     os.fsync(manifest.fileno())
         self.done = DoneSet(digests)
         if not self.header:
-            self.header = {"event": "batch", "schema": SCHEMA_TAG, "created_at": utc_now(), "pipeline": dict(pipeline)}
+            self._state.add({"event": "batch", "schema": SCHEMA_TAG, "created_at": utc_now(), "pipeline": dict(pipeline)})
             self.append(self.header)
         elif self.header.get("schema") != SCHEMA_TAG:
             raise ResultsError(f"{path}: written by another version of nii batch ({self.header.get('schema')})")
@@ -254,17 +261,6 @@ class Manifest:
             raise ResultsError(f"{self.folder} was made with another pipeline: "
                                f"{_differences(self.header['pipeline'], pipeline)}; use another --out")
         self._remove_orphans()
-
-    def _replay(self, record: Mapping[str, Any], digests: list[np.ndarray]) -> None:
-        event = record.get("event")
-        if event == "batch":
-            self.header = dict(record)
-        elif event == "part":
-            self.last_part = int(record["part"])
-            self.scans_done += len(record["scans"])
-            digests.append(np.array([_digest(entry[0]) for entry in record["scans"]], dtype="S16"))
-        elif event == "merged":
-            self.merged_part = int(record["part"])
 
     def _remove_orphans(self) -> None:
         for path in (self.folder / PARTS).iterdir():
@@ -295,8 +291,8 @@ class Manifest:
         fsync_dir(self.folder / PARTS)
         self.append({"event": "part", "part": part, "at": utc_now(), "alerts": len(alerts),
                      "scans": [[s["key"], s["scan_id"], s.get("profile_id"), s["error"]] for s in scans]})
-        self.last_part = part
-        self.scans_done += len(scans)
+        self._state.last_part = part
+        self._state.scans_done += len(scans)
         for s in scans:
             self.done.add(s["key"])
         return part
@@ -320,7 +316,7 @@ class Manifest:
             os.replace(tmp, target)
         fsync_dir(self.folder)
         self.append({"event": "merged", "part": self.last_part, "scans": self.scans_done, "at": utc_now()})
-        self.merged_part = self.last_part
+        self._state.merged_part = self.last_part
 
     def close(self) -> None:
         """Release RESULTS for the next run."""
@@ -335,3 +331,37 @@ def read_manifest(folder: str | os.PathLike) -> Iterator[dict[str, Any]]:
         for line in lines:
             if line.endswith(b"\n"):
                 yield json.loads(line)
+
+
+@dataclasses.dataclass
+class ManifestSummary:
+    """What a RESULTS folder's manifest says, read without locking it.
+
+    ``header`` is the first line (empty when there is no manifest); the
+    other fields are :class:`Manifest`'s attributes of the same names.
+    """
+
+    header: dict[str, Any] = dataclasses.field(default_factory=dict)
+    scans_done: int = 0
+    last_part: int = 0
+    merged_part: int = -1
+
+    def add(self, record: Mapping[str, Any]) -> None:
+        """Take one manifest record into account."""
+        event = record.get("event")
+        if event == "batch":
+            self.header = dict(record)
+        elif event == "part":
+            self.last_part = int(record["part"])
+            self.scans_done += len(record["scans"])
+        elif event == "merged":
+            self.merged_part = int(record["part"])
+
+
+def summarise_manifest(folder: str | os.PathLike) -> ManifestSummary:
+    """Replay a RESULTS folder's manifest (for diff and for reports); a folder without one gives an empty summary."""
+    summary = ManifestSummary()
+    if (Path(folder) / MANIFEST).is_file():
+        for record in read_manifest(folder):
+            summary.add(record)
+    return summary
