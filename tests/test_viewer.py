@@ -376,6 +376,16 @@ def test_zoom_and_pan_change_the_rendered_scale(login, server):
     assert (moved[0] - zoomed[0], moved[1] - zoomed[1]) == pytest.approx((60, 40), abs=2)
     assert edge_coverage(shot(page), ADVISORY_RGB, moved) > 0.9
 
+    # Shift+arrows pan a tenth of the view, as scrolling would; the plain arrows still step the queue.
+    selected = page.get_attribute(".scan-row[aria-current]", "data-scan")
+    page.keyboard.press("Shift+ArrowRight")
+    page.keyboard.press("Shift+ArrowDown")
+    page.wait_for_timeout(150)
+    stepped = box_on_screen(page, alerts)
+    assert (stepped[0] - moved[0], stepped[1] - moved[1]) == pytest.approx((-0.1 * vp["width"], -0.1 * vp["height"]),
+                                                                           abs=2)
+    assert page.get_attribute(".scan-row[aria-current]", "data-scan") == selected == server.xray_id
+
 
 def test_ct_slices_mip_and_projected_boxes(login, server):
     page = login()

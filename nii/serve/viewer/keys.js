@@ -19,6 +19,9 @@ export function shortcuts({ viewer, queue, decisions, tools }) {
     { keys: ["+", "−"], codes: ["+", "=", "-", "_"], label: "zoom",
       run: (event) => viewer.zoomBy(event.key === "+" || event.key === "=" ? 1.25 : 0.8) },
     { keys: ["0"], label: "fit to view", run: () => viewer.fit() },
+    // Shift, since the plain up and down arrows step through the queue.
+    { keys: ["⇧+arrows"], codes: Object.keys(PAN).map((key) => `Shift+${key}`), label: "pan",
+      run: (event) => viewer.panStep(...PAN[event.key]) },
     { keys: ["1–9"], codes: tools.map((t) => t.key), label: "tools",
       run: (event) => viewer.setTool(tools.find((t) => t.key === event.key).id) },
     { keys: ["PgUp", "PgDn"], codes: ["PageUp", "PageDown"], label: "CT slice (or Shift+wheel)", ct: true,
@@ -27,6 +30,10 @@ export function shortcuts({ viewer, queue, decisions, tools }) {
     { keys: ["A"], label: "CT axis", ct: true, run: () => viewer.setAxis(nextAxis(viewer.axis)) },
   ];
 }
+
+// Which way each arrow looks across the image, as scrolling does: → shows
+// more of the right, so the image moves left.
+const PAN = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
 
 const AXES = ["axial", "coronal", "sagittal"];
 const nextAxis = (axis) => AXES[(AXES.indexOf(axis) + 1) % AXES.length];
@@ -40,7 +47,8 @@ export function bindShortcuts(table, { enabled }) {
   document.addEventListener("keydown", (event) => {
     if (!enabled() || event.ctrlKey || event.metaKey || event.altKey || event.isComposing) return;
     if (ownsKey(event.target, event.key)) return;
-    const entry = byKey.get(event.key.length === 1 ? event.key.toLowerCase() : event.key);
+    const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+    const entry = (event.shiftKey && byKey.get(`Shift+${key}`)) || byKey.get(key);
     if (!entry) return;
     event.preventDefault(); // arrows and PageUp/PageDown would otherwise scroll the page
     entry.run(event);

@@ -33,6 +33,7 @@ const WINDOW = {
 
 const MIN_ZOOM_OF_FIT = 0.25; // may zoom out to a quarter of "fit to view"
 const MAX_ZOOM = 64; // screen pixels per image pixel
+const PAN_STEP = 0.1; // Shift+arrow moves the view by this share of its size
 const WHEEL_RATE = 0.0015; // zoom factor per wheel delta unit: exp(-delta * rate)
 
 export class Viewer {
@@ -309,6 +310,11 @@ export class Viewer {
     const k = next / scale;
     this.view = { scale: next, x: px - (px - x) * k, y: py - (py - y) * k };
     this.applyView();
+  }
+
+  /** Look a tenth of the view further across the image (Shift+arrows): (1, 0) shows more of the right. */
+  panStep(right, down) {
+    this.panBy(-right * this.viewport.clientWidth * PAN_STEP, -down * this.viewport.clientHeight * PAN_STEP);
   }
 
   panBy(dx, dy) {
