@@ -467,16 +467,18 @@ def test_diff_pairs_a_scan_that_failed_in_one_run_with_its_analysis_in_the_other
 
 # -- engines ------------------------------------------------------------------
 
-def test_ray_engine_gives_the_local_engines_tables(finished, tmp_path):
+def test_ray_engine_gives_the_local_engines_tables(finished, tmp_path, capfd, monkeypatch):
     import logging
 
     import ray.data  # noqa: F401  (importing it sets up its logging)
 
     results = tmp_path / "ray"  # ray[data] is a test dependency: missing, this fails
     logging.getLogger("ray.data").setLevel(logging.INFO)
+    monkeypatch.delenv("RAY_AUTH_MODE", raising=False)  # unset, a new local Ray says which it chose
     summary = run_batch([finished["folder"]], results, config=finished["config"], engine="ray", workers=1,
                         progress=False)
     assert logging.getLogger("ray.data").level == logging.INFO  # the caller's logging is put back
+    assert "Token authentication" not in capfd.readouterr().err  # nor past --quiet
     assert summary.engine == "ray" and summary.analysed == 5
     local = {r["key"]: (r["decision"], r["alert_count"], r["error"]) for r in scans_table(finished["results"])}
     for row in scans_table(results):

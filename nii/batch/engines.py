@@ -281,8 +281,19 @@ class RayEngine:
         if started_here:
             # A local instance gets at least two CPUs: one core's machine
             # still needs one for its actor and one for the upstream work.
-            ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
-                     configure_logging=False, num_cpus=None if self.address else max(2, available_cores()))
+            # A new local instance says at start whether it uses token
+            # authentication, past --quiet and into the run's one-line
+            # report. It lives only for this run; the notice is not the
+            # user's to act on. Joining a cluster (--ray-address), it stays.
+            notices = logging.getLogger("ray._private.authentication")
+            level = notices.level
+            if not self.address:
+                notices.setLevel(logging.ERROR)
+            try:
+                ray.init(address=self.address, include_dashboard=False, log_to_driver=False, logging_level="ERROR",
+                         configure_logging=False, num_cpus=None if self.address else max(2, available_cores()))
+            finally:
+                notices.setLevel(level)
         ray_logger, context = logging.getLogger("ray.data"), ray.data.DataContext.get_current()
         saved = (ray_logger.level, context.enable_progress_bars, context.print_on_execution_start)
         try:
