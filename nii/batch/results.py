@@ -42,8 +42,8 @@ import pyarrow.parquet as pq
 # The blob store's durable rename needs the same folder fsync.
 from nii.files import fsync_dir
 
-__all__ = ["ALERTS_SCHEMA", "MANIFEST", "SCANS_SCHEMA", "TABLES", "DoneSet", "Manifest", "ResultsError", "read_manifest", "ManifestSummary", "summarise_manifest",
-           "utc_now"]
+__all__ = ["ALERTS_SCHEMA", "MANIFEST", "SCANS_SCHEMA", "TABLES", "DoneSet", "Manifest", "ManifestSummary",
+           "ResultsError", "read_manifest", "summarise_manifest", "utc_now"]
 
 MANIFEST = "manifest.jsonl"
 PARTS = "parts"

@@ -48,7 +48,7 @@ from nii.detect.registry import (MODELS_ROOT, ModelArtifactError, check_model_id
                                  open_artifact, publish_artifact)
 
 __all__ = ["load_config", "resolve_data", "simulated_set", "training_samples", "flip_augment", "attenuation_jitter",
-           "learning_rate", "train", "publish_trained", "card_markdown", "metrics_markdown"]
+           "initial_weights", "learning_rate", "train", "publish_trained", "card_markdown", "metrics_markdown"]
 
 CACHE = Path("runs/cache")
 
