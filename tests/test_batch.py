@@ -313,6 +313,18 @@ def test_a_run_stopped_by_a_signal_leaves_no_workers_behind(tmp_path, how):
         assert code == 130 and f"interrupted: {results} keeps {kept} scans" in run.stderr.read()
 
 
+def test_a_worker_whose_parent_died_while_it_was_starting_ends_itself():
+    # The parent is killed before the worker's initializer runs: the worker
+    # is init's child by then, and must still know it was orphaned.
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    worker = subprocess.run(
+        [sys.executable, "-c", "import sys, time; from nii.batch.engines import _start_worker; "
+         f"_start_worker({{'no_such_setting': 1}}, {dead.pid}); time.sleep(60); sys.exit(0)"],
+        timeout=50, capture_output=True)
+    assert (worker.returncode, worker.stderr) == (1, b"")  # ended by its orphan watch, not after its 60 s
+
+
 def _pool_workers() -> list[int]:
     """Pids of this process's spawned pool workers."""
     pids = []

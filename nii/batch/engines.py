@@ -80,14 +80,16 @@ _ANALYSER: ScanAnalyser | None = None
 _STARTUP_ERROR: str | None = None
 
 
-def _start_worker(analyser_kwargs: Mapping[str, Any]) -> None:
+def _start_worker(analyser_kwargs: Mapping[str, Any], parent: int) -> None:
     global _ANALYSER, _STARTUP_ERROR
     # Ctrl-C is the parent's to handle: it stops the pool and commits.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     # A parent killed outright (SIGKILL, the OOM killer) cannot stop its
     # pool: each worker notices it is orphaned and ends itself, instead of
-    # holding a gigabyte and the caller's pipes for ever.
-    threading.Thread(target=_exit_when_orphaned, args=(os.getppid(),), daemon=True).start()
+    # holding a gigabyte and the caller's pipes for ever. The parent's pid
+    # comes from the parent: one killed while this worker was still
+    # starting would otherwise be recorded as init's, and never missed.
+    threading.Thread(target=_exit_when_orphaned, args=(parent,), daemon=True).start()
     try:
         _ANALYSER = ScanAnalyser(**analyser_kwargs)
     except Exception as err:  # noqa: BLE001 - reported by the first task, with its reason
@@ -136,7 +138,7 @@ class LocalEngine:
         # a logging handler) can deadlock; a spawned worker starts clean.
         return concurrent.futures.ProcessPoolExecutor(
             max_workers=workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_start_worker, initargs=(self.analyser_kwargs,))
+            initializer=_start_worker, initargs=(self.analyser_kwargs, os.getpid()))
 
     def records(self, todo: Sequence[Path]) -> Iterator[dict[str, Any]]:
         """Each spooled scan's record, as workers finish them."""
