@@ -239,6 +239,25 @@ def test_only_model_developers_and_admins_change_thresholds(client, service):
     assert any(e["action"] == "change_thresholds" and e["username"] == "dev" for e in entries)
 
 
+def test_a_stored_threshold_for_a_class_the_model_no_longer_detects_is_left_out_not_fatal(tmp_path, caplog):
+    store = Store.open(tmp_path)
+    service = Service(store, ServiceConfig(workers=1))
+    service.set_thresholds({"contraband-fcos": {"knife": 0.4}}, username="dev")
+    with store.transaction() as conn:  # as a version that also detected scissors left it
+        conn.execute(sa.text("UPDATE settings SET value = :v WHERE key = 'alarm_thresholds'"),
+                     {"v": json.dumps({"contraband-fcos": {"knife": 0.4, "scissors": 0.2}})})
+    fresh = Service(store, ServiceConfig(workers=1))  # the service started again after the upgrade
+    assert fresh.stale_thresholds() == {"contraband-fcos": ["scissors"]}
+    detector = next(m for m in fresh.pipeline_config().models if m.name == "contraband-fcos")
+    assert detector.alarm_thresholds["knife"] == 0.4 and "scissors" not in detector.alarm_thresholds
+    fresh.start()
+    try:
+        assert fresh.workers_alive == 1
+    finally:
+        fresh.stop()
+    assert "stored alarm thresholds for contraband-fcos class scissors are not applied" in caplog.text
+
+
 def test_a_threshold_change_changes_the_next_verdict(tmp_path):
     """Lowering the detector's alarm threshold turns the threat bag's advisories into alarms."""
     store = Store.open(tmp_path)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -208,6 +209,9 @@ class Service:
         _share_cores(count)
         # Load the models and tabulate every scanner's material lookup now, so
         # the first scans after a start do not wait seconds for it.
+        for model, stale in self.stale_thresholds().items():
+            log.warning("stored alarm thresholds for %s class %s are not applied: %s no longer detects %s",
+                        model, ", ".join(stale), model, "it" if len(stale) == 1 else "them")
         config = self.pipeline_config()
         pipelines = [Pipeline(config) for _ in range(count)]
         warm_scanner_profiles(config.calibration_root)
@@ -319,14 +323,37 @@ class Service:
             value = conn.execute(sa.select(settings.c.value).where(settings.c.key == _THRESHOLDS_KEY)).scalar()
         return json.loads(value) if value else {}
 
+    @functools.cached_property
+    def model_classes(self) -> dict[str, tuple[str, ...]]:
+        """The classes each model of the pipeline detects, from its verified card (read once)."""
+        config = self.base_pipeline_config
+        return {m.name: tuple(open_artifact(m.name, m.version, config.models_root).card.get("classes", ()))
+                for m in config.models}
+
+    def stale_thresholds(self) -> dict[str, list[str]]:
+        """Stored threshold changes for classes a model no longer detects (after a model upgrade), per model."""
+        overrides = self.threshold_overrides()
+        return {model: stale for model, by_class in overrides.items() if model in self.model_classes
+                and (stale := sorted(set(by_class) - {"*", *self.model_classes[model]}))}
+
     def pipeline_config(self) -> PipelineConfig:
-        """The pipeline config file's, with the service's threshold changes on top."""
+        """The pipeline config file's, with the service's threshold changes on top.
+
+        A change stored for a class the model no longer detects (a newer
+        version dropped it) is left out, not applied and not an error: the
+        service must still start. :meth:`start` logs each one.
+        """
         overrides = self.threshold_overrides()
         base = self.base_pipeline_config
         if not overrides:
             return base
+
+        def applicable(model: str) -> dict[str, float]:
+            known = {"*", *self.model_classes.get(model, ())}
+            return {cls: value for cls, value in overrides.get(model, {}).items() if cls in known}
+
         return dataclasses.replace(base, models=tuple(
-            dataclasses.replace(m, alarm_thresholds={**m.alarm_thresholds, **overrides.get(m.name, {})})
+            dataclasses.replace(m, alarm_thresholds={**m.alarm_thresholds, **applicable(m.name)})
             for m in base.models))
 
     def set_thresholds(self, changes: Mapping[str, Mapping[str, float]], *, username: str) -> dict[str, Any]:
@@ -344,9 +371,8 @@ class Service:
                 raise ValueError(f"unknown model {model!r}; the pipeline runs {', '.join(sorted(known))}")
             for cls, value in by_class.items():
                 check_score(f"{model} threshold for {cls!r}", value)
-            card = open_artifact(model, known[model].version, config.models_root).card
             try:
-                check_alarm_thresholds(by_class, card.get("classes", ()))
+                check_alarm_thresholds(by_class, self.model_classes[model])
             except ValueError as err:
                 raise ValueError(f"{model}: {err}") from None
         with self.store.transaction() as conn:
