@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from nii.detect.regions import ModelIdentity
-from nii.files import fsync_dir, replace_file
+from nii.files import fsync_dir, replace_file, written_temp_file
 
 __all__ = [
     "MODELS_ROOT",
@@ -216,11 +216,10 @@ def publish_artifact(
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{version}-"))
         try:
             for file_name, data in {**contents, SUMS: sums}.items():
-                (staging / file_name).write_bytes(data)
-                (staging / file_name).chmod(0o644)
-                with open(staging / file_name, "rb") as written:
-                    os.fsync(written.fileno())
-            fsync_dir(staging)
+                written = written_temp_file(staging, data, prefix=f".{file_name}.")  # on disk, fsynced
+                written.chmod(0o644)
+                written.rename(staging / file_name)
+            fsync_dir(staging)  # one for all the names
             staging.chmod(0o755)
             staging.rename(folder)
             fsync_dir(folder.parent)
