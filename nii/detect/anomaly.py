@@ -25,7 +25,6 @@ bag size.
 
 from __future__ import annotations
 
-import io
 import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -337,7 +336,7 @@ class AnomalyDetector:
         config = tomllib.loads(artifact.read("config.toml").decode())
         model_cfg = config["model"]
         model = AnomalyNet(model_cfg.get("widths", (16, 32, 64, 128)), model_cfg.get("depths", (1, 2, 2, 3)))
-        state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location="cpu", weights_only=True)
+        state = artifact.state_dict()
         model.load_state_dict(state)
         return cls(model, artifact.identity, pixel_scale=float(model_cfg.get("pixel_scale", 0.5)),
                    region_threshold=float(region_threshold if region_threshold is not None

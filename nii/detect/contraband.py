@@ -8,7 +8,6 @@ runs the network (on the GPU when there is one) and returns
 
 from __future__ import annotations
 
-import io
 import tomllib
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -115,7 +114,7 @@ class ContrabandDetector:
         config = tomllib.loads(artifact.read("config.toml").decode())
         classes = artifact.card["classes"]
         model = build_model(config["model"], len(classes))
-        state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location="cpu", weights_only=True)
+        state = artifact.state_dict()
         model.load_state_dict(state)
         return cls(for_inference(model), classes, artifact.identity, min_score=min_score, device=device,
                    operating_points=artifact.card.get("operating_points"))

@@ -23,6 +23,7 @@ sha256) from here.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import re
@@ -83,6 +84,12 @@ class ModelArtifact:
         if name not in self._files:
             raise ModelArtifactError(f"{self.folder}: the artifact has no file {name!r}")
         return self._files[name]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The verified ``weights.pt`` as a torch state dict, on the CPU (tensors only, no pickled code)."""
+        import torch  # here, not at the top: the registry also serves the rules, which need no torch
+
+        return torch.load(io.BytesIO(self.read("weights.pt")), map_location="cpu", weights_only=True)
 
     def __repr__(self) -> str:
         return f"ModelArtifact({self.identity})"

@@ -257,7 +257,7 @@ def initial_weights(init: str, model: torch.nn.Module, models_root: str | os.Pat
         raise ValueError(f"[train] init must be NAME/VERSION of a published model, like contraband-fcos/1.2.0; got {init!r}")
     try:
         artifact = open_artifact(name, version, models_root)
-        state = torch.load(io.BytesIO(artifact.read("weights.pt")), map_location="cpu", weights_only=True)
+        state = artifact.state_dict()
         model.load_state_dict(state)
     except ModelArtifactError as err:
         raise ValueError(f"[train] init {init}: {err}") from None
